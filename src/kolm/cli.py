@@ -1,0 +1,291 @@
+"""The `kolm` command line. Commands parse, call the library, print.
+
+Heavy modules (torch, transformers, llama.cpp) are imported inside the commands
+that need them, so `kolm verify` and `kolm inspect` start fast. Every KolmError
+becomes a message and an exit code in `main`, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from kolm import __version__
+from kolm.errors import KolmError
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except KolmError as e:
+        click.secho(f"error: {e}", fg="red", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted; rerun the same command to resume from the cache", err=True)
+        sys.exit(130)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="kolm")
+def cli() -> None:
+    """kolm compiles a narrow task into a small signed model file, and runs it locally."""
+
+
+@cli.command("compile")
+@click.argument("spec", type=click.Path(path_type=Path))
+@click.option(
+    "--out", "-o", type=click.Path(path_type=Path), help="Artifact to write (default: NAME.kolm)."
+)
+@click.option(
+    "--work-dir",
+    type=click.Path(path_type=Path),
+    help="Cache folder (default: .kolm-work/NAME beside the spec).",
+)
+@click.option(
+    "--no-embed-base", is_flag=True, help="Store only the base model's name, sha256 and size."
+)
+@click.option("--steps", type=int, help="Override train.steps.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def compile_cmd(
+    spec: Path,
+    out: Path | None,
+    work_dir: Path | None,
+    no_embed_base: bool,
+    steps: int | None,
+    quiet: bool,
+) -> None:
+    """Compile the task in SPEC (a kolm.yaml) into a signed .kolm file."""
+    import dataclasses
+
+    from kolm.compiler import compile_task
+    from kolm.spec import load_spec
+
+    task = load_spec(spec)
+    if steps is not None:
+        task = dataclasses.replace(task, train=dataclasses.replace(task.train, steps=steps))
+    out = out or Path(f"{task.name}.kolm")
+    result = compile_task(
+        task, out, work_dir=work_dir, embed_base=not no_embed_base, progress=not quiet
+    )
+    _print_compile_summary(result)
+
+
+def _print_compile_summary(result) -> None:
+    m = result.manifest["metrics"]
+    size = result.artifact.stat().st_size
+    rows = [
+        ("held-out examples", str(m["heldout_examples"])),
+        ("student accuracy", f"{m['student']['accuracy']:.1%}"),
+        ("untrained base accuracy", f"{m['base']['accuracy']:.1%}"),
+        ("llama.cpp / PyTorch agreement", f"{m['llamacpp_torch_agreement']:.1%}"),
+        (
+            "student latency p50 / p95",
+            f"{m['student']['latency_p50_s'] * 1000:.0f} / {m['student']['latency_p95_s'] * 1000:.0f} ms",
+        ),
+        (
+            "train steps / final loss",
+            f"{m['train']['steps']} / {m['train']['final_loss']}"
+            + (" (cached)" if result.cached_training else ""),
+        ),
+        (
+            "time prepare/train/eval/package",
+            " / ".join(f"{v:.0f}s" for v in result.timings.values()),
+        ),
+        ("artifact", f"{result.artifact} ({size / 1e6:.1f} MB)"),
+        ("artifact id", result.artifact_id[:16]),
+    ]
+    click.echo(_table(rows, ("compile summary", "")))
+
+
+@cli.command("run")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.argument("text", required=False)
+@click.option(
+    "--input",
+    "input_file",
+    type=click.Path(path_type=Path),
+    help="Batch: a JSONL file with 'input' fields, or one input per line.",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Machine-readable output (one JSON object per input)."
+)
+@click.option(
+    "--base",
+    type=click.Path(path_type=Path),
+    help="Base GGUF for an artifact built with --no-embed-base.",
+)
+@click.option("--threads", type=int, help="llama.cpp threads (default: recorded in the artifact).")
+def run_cmd(
+    artifact: Path,
+    text: str | None,
+    input_file: Path | None,
+    as_json: bool,
+    base: Path | None,
+    threads: int | None,
+) -> None:
+    """Answer TEXT (or every input in --input) with the model in ARTIFACT."""
+    from kolm.data import load_inputs
+    from kolm.runner import load_student
+
+    if (text is None) == (input_file is None):
+        raise click.UsageError("give either TEXT or --input FILE")
+    inputs = [text] if text is not None else load_inputs(input_file)
+    art, student = load_student(artifact, base=base, threads=threads)
+    from tqdm.auto import tqdm
+
+    batch = input_file is not None
+    for item in tqdm(inputs, desc="run", unit="input", disable=not batch, file=sys.stderr):
+        ans = student.answer(item)
+        if as_json or batch:
+            click.echo(
+                json.dumps(
+                    {
+                        "input": item,
+                        "output": ans.output,
+                        "latency_s": round(ans.latency_s, 4),
+                        "artifact": art.id[:16],
+                    },
+                    ensure_ascii=False,
+                )
+            )
+        else:
+            click.echo(ans.output)
+    student.close()
+
+
+@cli.command("verify")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+def verify_cmd(artifact: Path, as_json: bool) -> None:
+    """Check ARTIFACT's signature and the hash of every part."""
+    from kolm.artifact import open_artifact
+
+    art = open_artifact(artifact)
+    info = {
+        "artifact": str(artifact),
+        "id": art.id,
+        "signed_by": art.verified.key_id,
+        "trust": art.verified.trust,
+        "hmac": art.verified.hmac,
+        "parts": {n: art.manifest["parts"][n]["sha256"] for n in art.part_names()},
+    }
+    if as_json:
+        click.echo(json.dumps(info, indent=1))
+        return
+    click.echo(
+        f"OK {artifact}: signature valid (key {info['signed_by']}, {info['trust']}; hmac {info['hmac']})"
+    )
+    for name in art.part_names():
+        click.echo(f"  {name:<16} sha256 {art.manifest['parts'][name]['sha256'][:16]}…  ok")
+
+
+@cli.command("inspect")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the whole manifest.")
+def inspect_cmd(artifact: Path, as_json: bool) -> None:
+    """Show what ARTIFACT holds: task, base, parts, metrics, versions."""
+    from kolm.artifact import open_artifact
+
+    art = open_artifact(artifact)
+    m = art.manifest
+    if as_json:
+        click.echo(json.dumps(m, indent=1, ensure_ascii=False))
+        return
+    base = m["base"]
+    rows = [
+        ("task", m["task"]["name"]),
+        ("instruction", _short(m["task"]["description"], 70)),
+        (
+            "output kind",
+            m["task"]["output_kind"]
+            + (f" ({len(m['task']['labels'])} labels)" if m["task"]["labels"] else ""),
+        ),
+        (
+            "base",
+            f"{base['name']} ({base['license']}, {'embedded' if base['embedded'] else 'by reference'}, sha256 {base['sha256'][:12]}…)",
+        ),
+        ("created", m["created_at"]),
+        ("signed by", f"{art.verified.key_id} ({art.verified.trust})"),
+    ]
+    rows += [(f"part {n}", f"{m['parts'][n]['size'] / 1e6:.2f} MB") for n in art.part_names()]
+    met = m.get("metrics", {})
+    if met:
+        rows += [
+            (
+                "student accuracy",
+                f"{met['student']['accuracy']:.1%} on {met['heldout_examples']} held-out",
+            ),
+            ("untrained base accuracy", f"{met['base']['accuracy']:.1%}"),
+            ("llama.cpp / PyTorch agreement", f"{met['llamacpp_torch_agreement']:.1%}"),
+        ]
+    rows.append(("versions", ", ".join(f"{k} {v}" for k, v in m["versions"].items())))
+    click.echo(_table(rows, (str(artifact), "")))
+
+
+@cli.group("keys")
+def keys_group() -> None:
+    """Show, export, trust or rotate the local signing keys."""
+
+
+@keys_group.command("show")
+def keys_show() -> None:
+    """Print this machine's key id and the keys it trusts."""
+    from kolm.keys import KeyStore
+
+    ks = KeyStore()
+    ks.ensure()
+    click.echo(f"key directory: {ks.dir}")
+    for kid, kind in ks.trusted().items():
+        click.echo(f"  {kid}  {kind}")
+
+
+@keys_group.command("export")
+def keys_export() -> None:
+    """Print the public key (give it to whoever should trust your artifacts)."""
+    from kolm.keys import KeyStore
+
+    click.echo(KeyStore().export_public(), nl=False)
+
+
+@keys_group.command("trust")
+@click.argument("public_key", type=click.Path(exists=True, path_type=Path))
+def keys_trust(public_key: Path) -> None:
+    """Trust artifacts signed by the key in PUBLIC_KEY (from `kolm keys export`)."""
+    from kolm.keys import KeyStore
+
+    click.echo(f"trusted {KeyStore().trust(public_key.read_text())}")
+
+
+@keys_group.command("rotate")
+def keys_rotate() -> None:
+    """Make a new signing key; the old one stays trusted for artifacts it signed."""
+    from kolm.keys import KeyStore
+
+    old, new = KeyStore().rotate()
+    click.echo(f"rotated: {old} (retired, still trusted) -> {new}")
+
+
+def _short(text: str, n: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _table(rows, header) -> str:
+    w = max(len(str(r[0])) for r in [*rows, header])
+    line = "-" * (w + 2 + max(len(str(r[1])) for r in [*rows, header]))
+    out = [f"{header[0]:<{w}}  {header[1]}", line]
+    out += [f"{a:<{w}}  {b}" for a, b in rows]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

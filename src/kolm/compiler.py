@@ -1,0 +1,278 @@
+"""Compile: spec → validated data → adapter → evaluation → signed `.kolm` file.
+
+The pipeline calls each stage in order and caches the expensive one (training)
+in a work directory keyed by everything it depends on, so a rerun or an
+interrupted compile resumes instead of starting over. It knows the order of
+the stages, not their insides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kolm import __version__
+from kolm.artifact import BASE_PART, canonical_json, utc_now, write_artifact
+from kolm.basemodel import ResolvedBase, resolve
+from kolm.data import Example, is_label_task, load_examples, load_inputs, split_heldout, write_jsonl
+from kolm.errors import SpecError
+from kolm.evaluate import agreement, run_and_score
+from kolm.keys import KeyStore
+from kolm.prompt import PromptFormat, format_from_gguf
+from kolm.runtime import Decoding, Student, llama_cpp_version
+from kolm.spec import TaskSpec
+
+Log = Callable[[str], None]
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Prepared:
+    """Everything checked before any expensive work starts."""
+
+    spec: TaskSpec
+    base: ResolvedBase
+    fmt: PromptFormat
+    train: list[Example]
+    heldout: list[Example]
+    unlabeled: list[str]
+    output_kind: str
+    labels: list[str]
+
+
+@dataclass
+class CompileResult:
+    """What a compile produced."""
+
+    artifact: Path
+    manifest: dict
+    artifact_id: str
+    timings: dict[str, float] = field(default_factory=dict)
+    cached_training: bool = False
+
+
+def prepare(spec: TaskSpec) -> Prepared:
+    """Load and check examples and base; raise with every problem found."""
+    examples = load_examples(spec.examples)
+    unlabeled = load_inputs(spec.unlabeled) if spec.unlabeled else []
+    train, held = split_heldout(examples, spec.heldout_fraction, spec.seed)
+    problems = []
+    if len(examples) < 4:
+        problems.append(f"examples: {len(examples)} examples; kolm needs at least 4")
+    elif not held:
+        problems.append("examples: the held-out split is empty; raise heldout_fraction")
+    if problems:
+        raise SpecError(problems, source=str(spec.spec_path or "spec"))
+    base = resolve(spec.base, spec.spec_path.parent if spec.spec_path else None)
+    outputs = [e.output for e in examples]
+    kind = "label" if is_label_task(outputs) else "text"
+    labels = sorted(set(outputs)) if kind == "label" else []
+    return Prepared(spec, base, format_from_gguf(base.gguf), train, held, unlabeled, kind, labels)
+
+
+def work_dir_for(spec: TaskSpec, override: Path | None) -> Path:
+    if override is not None:
+        return Path(override)
+    root = spec.spec_path.parent if spec.spec_path else Path.cwd()
+    return root / ".kolm-work" / spec.name
+
+
+def training_key(p: Prepared, base_sha: str) -> str:
+    """Hash of everything the adapter depends on."""
+    payload = {
+        "kolm": __version__,
+        "base": base_sha,
+        "format": p.fmt.to_dict(),
+        "instruction": p.spec.description,
+        "train": [e.to_dict() for e in p.train],
+        "config": dataclasses.asdict(p.spec.train),
+    }
+    return hashlib.sha256(canonical_json(payload)).hexdigest()
+
+
+def compile_task(
+    spec: TaskSpec,
+    out: Path,
+    *,
+    work_dir: Path | None = None,
+    embed_base: bool = True,
+    keys: KeyStore | None = None,
+    progress: bool = True,
+    log: Log = _stderr,
+) -> CompileResult:
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    p = prepare(spec)
+    keys = keys or KeyStore()
+    keys.ensure()
+    base_sha = p.base.sha256()
+    log(
+        f"kolm: {len(p.train)} training / {len(p.heldout)} held-out examples, "
+        f"output kind {p.output_kind}, base {p.base.name}"
+    )
+    work = work_dir_for(spec, work_dir) / training_key(p, base_sha)[:16]
+    work.mkdir(parents=True, exist_ok=True)
+    timings["prepare"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    cached = (work / "done.json").is_file()
+    train_info = (
+        _train_stage(p, work, progress, log) if not cached else _load_json(work / "done.json")
+    )
+    timings["train"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    decoding = _decoding(p, train_info)
+    metrics = _evaluate_stage(p, work / "adapter.gguf", decoding, train_info, progress, log)
+    timings["evaluate"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    parts = _write_parts(p, work, decoding, embed_base)
+    manifest = _manifest(p, base_sha, embed_base, decoding, metrics, train_info)
+    manifest, art_id = write_artifact(out, parts, manifest, keys)
+    timings["package"] = time.perf_counter() - t
+    return CompileResult(Path(out), manifest, art_id, timings, cached)
+
+
+def _train_stage(p: Prepared, work: Path, progress: bool, log: Log) -> dict:
+    from kolm.export import write_lora_gguf
+    from kolm.train import greedy_outputs, train_lora
+
+    log("kolm: training LoRA adapter")
+    result = train_lora(
+        p.base.gguf, p.fmt, p.spec.description, p.train, p.spec.train, work / "ckpt", progress
+    )
+    tmp = work / "adapter.gguf.partial"
+    write_lora_gguf(result.model, p.base.gguf, tmp, p.spec.train.lora_alpha)
+    tmp.replace(work / "adapter.gguf")
+    tok = result.tokenizer
+    answer_tokens = max(
+        len(tok(e.output + p.fmt.eos, add_special_tokens=False)["input_ids"]) for e in p.train
+    )
+    max_new = p.spec.run.max_tokens or answer_tokens + 8
+    log("kolm: PyTorch reference answers on the held-out inputs")
+    prompts = [p.fmt.render(p.spec.description, e.input) for e in p.heldout]
+    torch_outputs = greedy_outputs(result.model, tok, prompts, max_new)
+    info = {
+        "steps": result.steps,
+        "seconds": round(result.seconds, 2),
+        "tokens_per_second": round(result.tokens_per_second, 1),
+        "final_loss": round(sum(result.losses[-10:]) / max(1, len(result.losses[-10:])), 4),
+        "device": result.device,
+        "truncated_examples": result.truncated,
+        "resumed_from_step": result.resumed_from,
+        "max_answer_tokens": answer_tokens,
+        "torch_heldout_outputs": torch_outputs,
+    }
+    (work / "done.json").write_text(json.dumps(info, indent=1))
+    (work / "ckpt" / "checkpoint.pt").unlink(missing_ok=True)
+    return info
+
+
+def _decoding(p: Prepared, train_info: dict) -> Decoding:
+    run = p.spec.run
+    return Decoding(
+        max_tokens=run.max_tokens or train_info["max_answer_tokens"] + 8,
+        seed=p.spec.seed,
+        n_ctx=run.n_ctx,
+        threads=run.threads,
+    )
+
+
+def _evaluate_stage(
+    p: Prepared, adapter: Path, decoding: Decoding, train_info: dict, progress: bool, log: Log
+) -> dict:
+    inputs = [e.input for e in p.heldout]
+    gold = [e.output for e in p.heldout]
+    log("kolm: evaluating student and untrained base on the held-out set (llama.cpp)")
+    scores = {}
+    for name, adapter_path in (("student", adapter), ("base", None)):
+        model = Student(p.base.gguf, adapter_path, p.fmt, p.spec.description, decoding)
+        try:
+            model.answer(inputs[0])  # warm-up
+            scores[name] = run_and_score(model.answer, inputs, gold, desc=name, progress=progress)
+        finally:
+            model.close()
+    torch_out = train_info["torch_heldout_outputs"]
+    return {
+        "heldout_examples": len(inputs),
+        "student": scores["student"].to_dict(),
+        "base": scores["base"].to_dict(),
+        "llamacpp_torch_agreement": round(agreement(scores["student"].outputs, torch_out), 4),
+        "train": {k: v for k, v in train_info.items() if k != "torch_heldout_outputs"},
+    }
+
+
+def _write_parts(p: Prepared, work: Path, decoding: Decoding, embed_base: bool) -> dict[str, Path]:
+    parts_dir = work / "parts"
+    parts_dir.mkdir(exist_ok=True)
+    write_jsonl(parts_dir / "train.jsonl", [e.to_dict() for e in p.train])
+    write_jsonl(parts_dir / "heldout.jsonl", [e.to_dict() for e in p.heldout])
+    config = {
+        "instruction": p.spec.description,
+        "prompt_format": p.fmt.to_dict(),
+        "decoding": decoding.to_dict(),
+        "train": dataclasses.asdict(p.spec.train),
+        "output_kind": p.output_kind,
+        "labels": p.labels,
+    }
+    (parts_dir / "config.json").write_text(json.dumps(config, indent=1, ensure_ascii=False))
+    parts = {
+        "adapter.gguf": work / "adapter.gguf",
+        "train.jsonl": parts_dir / "train.jsonl",
+        "heldout.jsonl": parts_dir / "heldout.jsonl",
+        "config.json": parts_dir / "config.json",
+    }
+    if embed_base:
+        parts[BASE_PART] = p.base.gguf
+    return parts
+
+
+def _manifest(
+    p: Prepared, base_sha: str, embedded: bool, decoding: Decoding, metrics: dict, train_info: dict
+) -> dict:
+    return {
+        "created_at": utc_now(),
+        "task": {
+            "name": p.spec.name,
+            "description": p.spec.description,
+            "output_kind": p.output_kind,
+            "labels": p.labels,
+        },
+        "base": {
+            "name": p.base.name,
+            "license": p.base.license,
+            "sha256": base_sha,
+            "size": p.base.size,
+            "embedded": embedded,
+        },
+        "decoding": decoding.to_dict(),
+        "metrics": metrics,
+        "gate": p.spec.gate,
+        "versions": versions(),
+    }
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"kolm": __version__, "python": sys.version.split()[0], "llama_cpp": llama_cpp_version()}
+    for dist in ("torch", "transformers", "peft", "gguf"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = "absent"
+    return out
+
+
+def _load_json(path: Path) -> dict:
+    return json.loads(path.read_text())

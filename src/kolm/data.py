@@ -1,0 +1,188 @@
+"""Examples on disk: read JSONL/CSV input → output pairs, check them, split them.
+
+This module knows files of examples and the held-out split. It does not know
+prompts, models or teachers.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from kolm.errors import SpecError
+
+MAX_REPORTED = 20
+
+
+@dataclass(frozen=True)
+class Example:
+    """One input and its expected output."""
+
+    input: str
+    output: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"input": self.input, "output": self.output}
+
+
+def load_examples(path: Path) -> list[Example]:
+    """Read labeled examples; raise SpecError listing every bad row."""
+    rows, problems = _read_rows(path)
+    examples: list[Example] = []
+    seen: dict[str, int] = {}
+    for where, row in rows:
+        inp, out = row.get("input"), row.get("output")
+        bad = _check_pair(inp, out)
+        if bad:
+            problems.append(f"{where}: {bad}")
+            continue
+        assert isinstance(inp, str) and isinstance(out, str)
+        key = inp.strip()
+        if key in seen:
+            problems.append(f"{where}: duplicate input (same as example {seen[key]})")
+            continue
+        seen[key] = len(examples) + 1
+        examples.append(Example(key, out.strip()))
+    if not examples and not problems:
+        problems.append("the file holds no examples")
+    _raise_if(problems, path)
+    return examples
+
+
+def load_inputs(path: Path) -> list[str]:
+    """Read unlabeled inputs: plain text (one per line) or JSONL with an `input` field."""
+    if path.suffix.lower() in (".jsonl", ".json", ".csv"):
+        rows, problems = _read_rows(path)
+        inputs = []
+        for where, row in rows:
+            value = row.get("input")
+            if not isinstance(value, str) or not value.strip():
+                problems.append(f"{where}: needs a non-empty string field 'input'")
+            else:
+                inputs.append(value.strip())
+        _raise_if(problems, path)
+    else:
+        inputs = [line.strip() for line in _read_text(path).splitlines() if line.strip()]
+    return list(dict.fromkeys(inputs))
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    rows, problems = _read_rows(path)
+    _raise_if(problems, path)
+    return [row for _, row in rows]
+
+
+def is_label_task(outputs: list[str]) -> bool:
+    """Outputs form a closed label set when few distinct short values repeat."""
+    distinct = set(outputs)
+    return (
+        len(outputs) >= 4
+        and len(distinct) <= max(2, len(outputs) // 3)
+        and all(len(o) <= 64 and "\n" not in o for o in distinct)
+    )
+
+
+def split_heldout(
+    examples: list[Example], fraction: float, seed: int
+) -> tuple[list[Example], list[Example]]:
+    """Deterministic split; stratified by output when outputs are labels.
+
+    Every label keeps at least one training example.
+    """
+    rng = random.Random(seed)
+    if is_label_task([e.output for e in examples]):
+        groups: dict[str, list[Example]] = defaultdict(list)
+        for e in examples:
+            groups[e.output].append(e)
+        train, held = [], []
+        for label in sorted(groups):
+            group = groups[label][:]
+            rng.shuffle(group)
+            n_held = min(len(group) - 1, round(len(group) * fraction))
+            held += group[:n_held]
+            train += group[n_held:]
+    else:
+        shuffled = examples[:]
+        rng.shuffle(shuffled)
+        n_held = max(1, round(len(shuffled) * fraction)) if len(shuffled) > 1 else 0
+        held, train = shuffled[:n_held], shuffled[n_held:]
+    rng.shuffle(train)
+    return train, held
+
+
+def _check_pair(inp: object, out: object) -> str | None:
+    missing = [k for k, v in (("input", inp), ("output", out)) if v is None]
+    if missing:
+        return f"missing field {' and '.join(repr(m) for m in missing)}"
+    if not isinstance(inp, str) or not isinstance(out, str):
+        return "'input' and 'output' must be strings (quote numbers and JSON as text)"
+    if not inp.strip():
+        return "empty input"
+    if not out.strip():
+        return "empty output"
+    return None
+
+
+def _line_number(problem: str) -> int:
+    m = re.match(r"(?:line|row) (\d+):", problem)
+    return int(m.group(1)) if m else 0
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError([f"file not found: {path}"], source=str(path)) from None
+    except UnicodeDecodeError as e:
+        raise SpecError(
+            [f"not UTF-8 text ({e.reason} at byte {e.start})"], source=str(path)
+        ) from None
+    except OSError as e:
+        raise SpecError([f"cannot read: {e.strerror}"], source=str(path)) from None
+
+
+def _read_rows(path: Path) -> tuple[list[tuple[str, dict]], list[str]]:
+    text = _read_text(path)
+    if path.suffix.lower() == ".csv":
+        return _csv_rows(text)
+    rows, problems = [], []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            problems.append(f"line {n}: not valid JSON ({e.msg})")
+            continue
+        if not isinstance(row, dict):
+            problems.append(f"line {n}: expected a JSON object")
+            continue
+        rows.append((f"line {n}", row))
+    return rows, problems
+
+
+def _csv_rows(text: str) -> tuple[list[tuple[str, dict]], list[str]]:
+    reader = csv.DictReader(text.splitlines())
+    if not reader.fieldnames or "input" not in reader.fieldnames:
+        return [], ["CSV needs a header row with columns 'input' and 'output'"]
+    return [(f"row {n}", dict(r)) for n, r in enumerate(reader, 2)], []
+
+
+def _raise_if(problems: list[str], path: Path) -> None:
+    if problems:
+        problems = sorted(problems, key=_line_number)
+        shown = problems[:MAX_REPORTED]
+        if len(problems) > MAX_REPORTED:
+            shown.append(f"... and {len(problems) - MAX_REPORTED} more")
+        raise SpecError(shown, source=str(path))

@@ -1,0 +1,142 @@
+"""Runtime: answer inputs with llama.cpp from a base GGUF plus a LoRA adapter.
+
+The shared prompt prefix (template + instruction) is evaluated once at load and
+its state restored before every call, so each answer is computed the same way
+whatever came before it (greedy decoding; same machine and build → same bytes).
+Knows llama-cpp-python; knows nothing of artifacts, signatures or training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from kolm.errors import RuntimeFailure
+from kolm.prompt import PromptFormat
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """Decoding settings; recorded in the artifact and in every receipt."""
+
+    max_tokens: int = 32
+    temperature: float = 0.0
+    seed: int = 0
+    n_ctx: int = 1024
+    n_batch: int = 512
+    threads: int = 0
+
+    def resolved(self) -> Decoding:
+        threads = self.threads or min(os.cpu_count() or 1, 8)
+        return Decoding(
+            self.max_tokens, self.temperature, self.seed, self.n_ctx, self.n_batch, threads
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One model answer."""
+
+    output: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    finish_reason: str
+
+
+def llama_cpp_version() -> str:
+    try:
+        import llama_cpp
+
+        return str(llama_cpp.__version__)
+    except Exception:  # pragma: no cover - reported, not fatal
+        return "unknown"
+
+
+class Student:
+    """A loaded model that answers one input at a time. Not thread-safe."""
+
+    def __init__(
+        self,
+        base: Path,
+        adapter: Path | None,
+        fmt: PromptFormat,
+        instruction: str,
+        decoding: Decoding,
+    ):
+        self.fmt, self.instruction = fmt, instruction
+        self.decoding = decoding.resolved()
+        self._llm = _load(base, adapter, self.decoding)
+        self._prefix = self._tokenize(fmt.prefix(instruction))
+        self._llm.reset()
+        self._llm.eval(self._prefix)
+        self._state = self._llm.save_state()
+
+    def _tokenize(self, text: str) -> list[int]:
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def prompt_tokens(self, user_input: str) -> list[int]:
+        return self._tokenize(self.fmt.render(self.instruction, user_input))
+
+    def answer(self, user_input: str) -> Answer:
+        d = self.decoding
+        tokens = self.prompt_tokens(user_input)
+        if len(tokens) + d.max_tokens > d.n_ctx:
+            raise RuntimeFailure(
+                f"input too long: {len(tokens)} prompt tokens + {d.max_tokens} answer tokens "
+                f"exceed the context of {d.n_ctx}",
+                hint="shorten the input",
+            )
+        t0 = time.perf_counter()
+        if tokens[: len(self._prefix)] == self._prefix:
+            self._llm.load_state(self._state)
+        else:
+            self._llm.reset()
+        out = self._llm.create_completion(
+            tokens,
+            max_tokens=d.max_tokens,
+            temperature=d.temperature,
+            top_k=1,
+            top_p=1.0,
+            min_p=0.0,
+            repeat_penalty=1.0,
+            seed=d.seed,
+            stop=[self.fmt.eos] if self.fmt.eos else None,
+        )
+        latency = time.perf_counter() - t0
+        choice = out["choices"][0]
+        return Answer(
+            output=choice["text"].strip(),
+            prompt_tokens=len(tokens),
+            completion_tokens=int(out["usage"]["completion_tokens"]),
+            latency_s=latency,
+            finish_reason=str(choice.get("finish_reason")),
+        )
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._llm.close()
+
+
+def _load(base: Path, adapter: Path | None, d: Decoding):
+    from llama_cpp import Llama
+
+    try:
+        return Llama(
+            model_path=str(base),
+            lora_path=str(adapter) if adapter else None,
+            n_ctx=d.n_ctx,
+            n_batch=d.n_batch,
+            n_threads=d.threads,
+            n_threads_batch=d.threads,
+            seed=d.seed,
+            verbose=False,
+        )
+    except Exception as e:
+        raise RuntimeFailure(f"llama.cpp could not load {base} (adapter {adapter}): {e}") from None

@@ -1,0 +1,253 @@
+"""The task spec (`kolm.yaml`): typed, validated once, every problem reported at once.
+
+This module knows the shape of a spec and how to check it. It does not read the
+example files' contents (that is `data`) or locate base models (that is `basemodel`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kolm.errors import SpecError
+
+DEFAULT_BASE = "smollm2-135m-instruct"
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How the LoRA adapter is trained."""
+
+    epochs: float = 3.0
+    """Passes over the training examples; ignored when `steps` is set."""
+    steps: int | None = None
+    """Optimizer steps; overrides `epochs` when given."""
+    batch_size: int = 8
+    """Examples per optimizer step."""
+    learning_rate: float = 2e-3
+    """Peak AdamW learning rate (linear warm-up over 10% of steps, then linear decay)."""
+    lora_rank: int = 8
+    """LoRA rank r."""
+    lora_alpha: float = 16.0
+    """LoRA alpha; the update is scaled by alpha / r."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA input; 0 keeps training deterministic."""
+    target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    """Linear layers that get an adapter (Hugging Face names)."""
+    max_seq_len: int = 256
+    """Longest prompt + answer in tokens; longer prompts are cut from the left of the input."""
+    seed: int = 0
+    """Seed for data order and adapter initialisation."""
+    device: str = "auto"
+    """`auto` (CUDA when present, else CPU), `cpu` or `cuda`."""
+    threads: int = 0
+    """CPU threads for torch; 0 uses every core."""
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.steps is not None and self.steps < 1:
+            problems.append("train.steps must be at least 1")
+        if self.epochs <= 0:
+            problems.append("train.epochs must be positive")
+        for name in ("batch_size", "lora_rank", "max_seq_len"):
+            if getattr(self, name) < 1:
+                problems.append(f"train.{name} must be at least 1")
+        if not 0 < self.learning_rate < 1:
+            problems.append("train.learning_rate must be between 0 and 1")
+        if not 0 <= self.lora_dropout < 1:
+            problems.append("train.lora_dropout must be in [0, 1)")
+        if self.device not in ("auto", "cpu", "cuda"):
+            problems.append("train.device must be one of auto, cpu, cuda")
+        if not self.target_modules:
+            problems.append("train.target_modules must name at least one layer")
+        return problems
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Decoding settings recorded in the artifact and used by `kolm run`."""
+
+    max_tokens: int | None = None
+    """Longest answer in tokens; by default the longest training answer plus a margin."""
+    n_ctx: int = 1024
+    """llama.cpp context size."""
+    threads: int = 0
+    """llama.cpp threads; 0 uses every core."""
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.max_tokens is not None and self.max_tokens < 1:
+            problems.append("run.max_tokens must be at least 1")
+        if self.n_ctx < 64:
+            problems.append("run.n_ctx must be at least 64")
+        return problems
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task to compile: what to do, from which examples, on which base."""
+
+    name: str
+    """Short identifier of the task; used in file names and the manifest."""
+    description: str
+    """The instruction, given to the model as its system prompt."""
+    examples: Path
+    """Labeled examples: JSONL with `input`/`output` fields, or CSV with those columns."""
+    base: str = DEFAULT_BASE
+    """Base model: a registered name, a local `.gguf` file, or a local Hugging Face folder."""
+    unlabeled: Path | None = None
+    """Optional inputs without outputs (one per line, or JSONL with `input`)."""
+    heldout_fraction: float = 0.2
+    """Share of the examples kept out of training for evaluation."""
+    seed: int = 0
+    """Seed for the held-out split."""
+    gate: float = 0.70
+    """Minimum score for shipping (enforced by the evaluation stage)."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Training settings."""
+    run: RunConfig = field(default_factory=RunConfig)
+    """Decoding settings."""
+    spec_path: Path | None = None
+    """Where the spec was read from (set by `load_spec`)."""
+
+    def check(self) -> list[str]:
+        problems = []
+        if not self.name.strip():
+            problems.append("name must not be empty")
+        elif not all(c.isalnum() or c in "-_." for c in self.name):
+            problems.append(f"name {self.name!r} may only hold letters, digits, '-', '_' and '.'")
+        if not self.description.strip():
+            problems.append(
+                "description must not be empty: it is the instruction the model follows"
+            )
+        if not 0 < self.heldout_fraction < 1:
+            problems.append("heldout_fraction must be between 0 and 1 (e.g. 0.2)")
+        if not 0 <= self.gate <= 1:
+            problems.append("gate must be between 0 and 1")
+        for label, path in (("examples", self.examples), ("unlabeled", self.unlabeled)):
+            if path is not None and not path.is_file():
+                problems.append(f"{label}: file not found: {path}")
+        return problems + self.train.check() + self.run.check()
+
+
+def load_spec(path: str | Path, **overrides: Any) -> TaskSpec:
+    """Read and validate a spec file; raise SpecError listing every problem."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SpecError([f"spec file not found: {path}"], source=str(path)) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError([f"cannot read {path}: {e}"], source=str(path)) from None
+    except yaml.YAMLError as e:
+        raise SpecError([f"not valid YAML: {e}"], source=str(path)) from None
+    if not isinstance(raw, dict):
+        raise SpecError(["the spec must be a YAML mapping of keys to values"], source=str(path))
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    problems: list[str] = []
+    spec = _build(TaskSpec, raw, "", path.parent, problems)
+    if spec is not None:
+        spec = dataclasses.replace(spec, spec_path=path.resolve())
+        problems += spec.check()
+    if problems:
+        raise SpecError(problems, source=str(path))
+    assert spec is not None
+    return spec
+
+
+def spec_to_dict(spec: TaskSpec) -> dict[str, Any]:
+    """A JSON-ready view of the spec (paths as strings)."""
+
+    def convert(v: Any) -> Any:
+        if isinstance(v, Path):
+            return str(v)
+        if isinstance(v, tuple):
+            return list(v)
+        if isinstance(v, dict):
+            return {k: convert(x) for k, x in v.items()}
+        return v
+
+    return convert(dataclasses.asdict(spec))
+
+
+def _build(cls: type, raw: dict, prefix: str, base_dir: Path, problems: list[str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "spec_path"}
+    for key in raw:
+        if key not in fields:
+            problems.append(f"unknown key {prefix}{key!r}; known keys: {', '.join(fields)}")
+    values = {}
+    for name, f in fields.items():
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if name not in raw:
+            if required:
+                problems.append(f"missing required key {prefix}{name!r}: {_doc(cls, name)}")
+            continue
+        ok, value = _coerce(raw[name], hints[name], f"{prefix}{name}", base_dir, problems)
+        if ok:
+            values[name] = value
+    if any(
+        n not in values
+        and fields[n].default is dataclasses.MISSING
+        and fields[n].default_factory is dataclasses.MISSING
+        for n in fields
+    ):
+        return None
+    try:
+        return cls(**values)
+    except TypeError as e:  # pragma: no cover - guarded by the checks above
+        problems.append(str(e))
+        return None
+
+
+def _coerce(value: Any, hint: Any, where: str, base_dir: Path, problems: list[str]):
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return True, None
+        hint = args[0]
+        origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            problems.append(f"{where} must be a mapping")
+            return False, None
+        built = _build(hint, value, f"{where}.", base_dir, problems)
+        return built is not None, built
+    if hint is Path:
+        if not isinstance(value, str) or not value.strip():
+            problems.append(f"{where} must be a file path")
+            return False, None
+        return True, (base_dir / value).resolve()
+    if origin is tuple:
+        if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+            problems.append(f"{where} must be a list of strings")
+            return False, None
+        return True, tuple(value)
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return True, float(value)
+    if hint is float and isinstance(value, str):
+        try:
+            return True, float(value)
+        except ValueError:
+            pass
+    if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return True, value
+    problems.append(f"{where} must be {hint.__name__}, got {type(value).__name__} {value!r}")
+    return False, None
+
+
+def _doc(cls: type, name: str) -> str:
+    docs = {
+        "name": "a short identifier of the task",
+        "description": "the instruction the model follows",
+        "examples": "path to a JSONL or CSV file of input/output examples",
+    }
+    return docs.get(name, "see docs")

@@ -1,0 +1,280 @@
+"""Train: a LoRA adapter with PEFT on the base model loaded in PyTorch.
+
+transformers reads the base GGUF (`gguf_file=`) and dequantizes it; the adapter
+trains on (prompt, answer) pairs with the loss on the answer tokens only. A
+checkpoint is written every few steps so an interrupted compile resumes. This
+module knows PyTorch and PEFT; it knows nothing of llama.cpp or the artifact.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from kolm.data import Example
+from kolm.errors import TrainingError
+from kolm.prompt import PromptFormat
+from kolm.spec import TrainConfig
+
+CHECKPOINT_EVERY = 20
+
+
+@dataclass
+class Encoded:
+    ids: list[int]
+    n_prompt: int
+
+
+@dataclass
+class TrainResult:
+    """A trained PEFT model and how training went."""
+
+    model: object
+    tokenizer: object
+    losses: list[float]
+    steps: int
+    seconds: float
+    tokens_per_second: float
+    device: str
+    truncated: int
+    resumed_from: int
+
+
+def pick_device(setting: str) -> str:
+    import torch
+
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(
+            "train.device is 'cuda' but no CUDA device is available", hint="use auto"
+        )
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return setting
+
+
+def load_base(gguf: Path, device: str = "cpu"):
+    """Load tokenizer and fp32 model from a GGUF file (dequantized by transformers)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
+    except Exception as e:
+        raise TrainingError(f"transformers could not load {gguf}: {e}") from None
+    # transformers marks GGUF-loaded models as quantized, but the weights are plain fp32.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return model.to(device), tok
+
+
+def encode(
+    tok, fmt: PromptFormat, instruction: str, examples: Sequence[Example], max_len: int
+) -> tuple[list[Encoded], int]:
+    """Tokenize each pair; cut over-long prompts in the middle (keeping the instruction)."""
+    prefix_len = len(tok(fmt.prefix(instruction), add_special_tokens=False)["input_ids"])
+    out, truncated = [], 0
+    for e in examples:
+        prompt = tok(fmt.render(instruction, e.input), add_special_tokens=False)["input_ids"]
+        answer = tok(e.output + fmt.eos, add_special_tokens=False)["input_ids"]
+        room = max_len - len(answer)
+        if len(prompt) > room:
+            truncated += 1
+            keep_tail = max(room - prefix_len, 1)
+            prompt = prompt[:prefix_len] + prompt[-keep_tail:]
+        out.append(Encoded(prompt + answer, len(prompt)))
+    return out, truncated
+
+
+def count_steps(cfg: TrainConfig, n_examples: int) -> int:
+    if cfg.steps is not None:
+        return cfg.steps
+    return max(1, math.ceil(cfg.epochs * n_examples / cfg.batch_size))
+
+
+def train_lora(
+    base_gguf: Path,
+    fmt: PromptFormat,
+    instruction: str,
+    examples: Sequence[Example],
+    cfg: TrainConfig,
+    checkpoint_dir: Path | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train an adapter; resume from `checkpoint_dir` when it holds a checkpoint."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model, tok = load_base(base_gguf, device)
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=cfg.lora_rank,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=list(cfg.target_modules),
+            bias="none",
+            task_type="CAUSAL_LM",
+        ),
+    )
+    data, truncated = encode(tok, fmt, instruction, examples, cfg.max_seq_len)
+    steps = count_steps(cfg, len(data))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(steps))
+    start = _resume(checkpoint_dir, model, opt, sched)
+    batches = _batches(len(data), cfg.batch_size, steps, cfg.seed)
+    losses, n_tokens, t0 = [], 0, time.perf_counter()
+    model.train()
+    bar = _bar(steps, start, progress)
+    for step in range(start, steps):
+        ids, mask, labels = _collate([data[i] for i in batches[step]], tok.pad_token_id, device)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"loss became {loss.item()} at step {step + 1}", hint="lower train.learning_rate"
+            )
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        n_tokens += int(mask.sum())
+        bar.update(1)
+        bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
+        if checkpoint_dir and (step + 1) % CHECKPOINT_EVERY == 0 and step + 1 < steps:
+            _save_checkpoint(checkpoint_dir, model, opt, sched, step + 1)
+    bar.close()
+    model.eval()
+    secs = time.perf_counter() - t0
+    return TrainResult(
+        model, tok, losses, steps, secs, n_tokens / max(secs, 1e-9), device, truncated, start
+    )
+
+
+def greedy_outputs(
+    model, tok, prompts: Sequence[str], max_new_tokens: int, batch: int = 8
+) -> list[str]:
+    """PyTorch greedy answers, for checking llama.cpp agrees with the trained model."""
+    import torch
+
+    tok.padding_side = "left"
+    device = next(model.parameters()).device
+    outs: list[str] = []
+    for i in range(0, len(prompts), batch):
+        enc = tok(
+            list(prompts[i : i + batch]),
+            add_special_tokens=False,
+            padding=True,
+            return_tensors="pt",
+        )
+        with torch.no_grad():
+            gen = model.generate(
+                **enc.to(device),
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
+        new = gen[:, enc["input_ids"].shape[1] :]
+        outs += [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
+    return outs
+
+
+def _schedule(steps: int):
+    warm = max(1, steps // 10)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.05, (steps - step) / max(1, steps - warm))
+
+    return factor
+
+
+def _batches(n: int, size: int, steps: int, seed: int) -> list[list[int]]:
+    rng = random.Random(seed)
+    out: list[list[int]] = []
+    order: list[int] = []
+    while len(out) < steps:
+        if len(order) < size:
+            fresh = list(range(n))
+            rng.shuffle(fresh)
+            order += fresh
+        out.append(order[:size])
+        order = order[size:]
+    return out
+
+
+def _collate(items: list[Encoded], pad_id: int, device: str):
+    import torch
+
+    width = max(len(x.ids) for x in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    labels = torch.full((len(items), width), -100, dtype=torch.long)
+    for row, x in enumerate(items):
+        n = len(x.ids)
+        ids[row, :n] = torch.tensor(x.ids)
+        mask[row, :n] = 1
+        labels[row, x.n_prompt : n] = torch.tensor(x.ids[x.n_prompt :])
+    return ids.to(device), mask.to(device), labels.to(device)
+
+
+def _bar(total: int, start: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total, initial=start, desc="train", unit="step", disable=not enabled, leave=True
+    )
+
+
+def _save_checkpoint(folder: Path, model, opt, sched, step: int) -> None:
+    import torch
+    from peft import get_peft_model_state_dict
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / "checkpoint.pt.partial"
+    torch.save(
+        {
+            "step": step,
+            "adapter": get_peft_model_state_dict(model),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+        },
+        tmp,
+    )
+    tmp.replace(folder / "checkpoint.pt")
+
+
+def _resume(folder: Path | None, model, opt, sched) -> int:
+    if folder is None or not (folder / "checkpoint.pt").is_file():
+        return 0
+    import torch
+    from peft import set_peft_model_state_dict
+
+    try:
+        state = torch.load(folder / "checkpoint.pt", weights_only=True)
+        set_peft_model_state_dict(model, state["adapter"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+    except Exception:
+        return 0  # an unreadable checkpoint only costs the steps it saved
+    return int(state["step"])

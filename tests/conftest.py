@@ -1,0 +1,41 @@
+"""Shared fixtures. Every test gets its own KOLM_HOME (keys, caches) under tmp."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def kolm_home(tmp_path, monkeypatch):
+    home = tmp_path / "kolm-home"
+    monkeypatch.setenv("KOLM_HOME", str(home))
+    monkeypatch.delenv("KOLM_CACHE", raising=False)
+    return home
+
+
+def run_cli(
+    *args: str, env: dict | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    """Run the real `kolm` entry point in a subprocess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-c", "from kolm.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=900,
+    )
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

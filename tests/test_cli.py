@@ -1,0 +1,90 @@
+"""The CLI: clear errors with the right exit codes, nothing half-written, fast verify/inspect."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from .conftest import REPO, run_cli, write_jsonl
+
+
+def test_help_on_every_command():
+    for args in ([], ["compile"], ["run"], ["verify"], ["inspect"], ["keys"]):
+        r = run_cli(*args, "--help")
+        assert r.returncode == 0 and "Usage:" in r.stdout, args
+
+
+def test_malformed_spec_exits_2_and_writes_nothing(tmp_path):
+    spec = tmp_path / "kolm.yaml"
+    spec.write_text("name: t\nexamples: none.jsonl\nbogus: 1\n")
+    r = run_cli("compile", str(spec), "--out", str(tmp_path / "t.kolm"), cwd=tmp_path)
+    assert r.returncode == 2
+    assert "missing required key 'description'" in r.stderr and "unknown key 'bogus'" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "t.kolm").exists() and not (tmp_path / ".kolm-work").exists()
+
+
+def test_bad_examples_are_listed_with_line_numbers(tmp_path):
+    (tmp_path / "ex.jsonl").write_text(
+        '{"input": "a", "output": "x"}\n{"input": "a", "output": "x"}\n{oops\n'
+    )
+    (tmp_path / "kolm.yaml").write_text("name: t\ndescription: d\nexamples: ex.jsonl\n")
+    r = run_cli("compile", str(tmp_path / "kolm.yaml"), cwd=tmp_path)
+    assert r.returncode == 2
+    assert "line 2: duplicate input" in r.stderr and "line 3: not valid JSON" in r.stderr
+    assert not list(tmp_path.glob("*.kolm"))
+
+
+def test_unknown_base_exits_3_with_the_known_names(tmp_path):
+    write_jsonl(
+        tmp_path / "ex.jsonl", [{"input": f"q{i}", "output": "ab"[i % 2]} for i in range(8)]
+    )
+    (tmp_path / "kolm.yaml").write_text(
+        "name: t\ndescription: d\nexamples: ex.jsonl\nbase: no-such-model\n"
+    )
+    r = run_cli("compile", str(tmp_path / "kolm.yaml"), cwd=tmp_path)
+    assert r.returncode == 3
+    assert "no-such-model" in r.stderr and "smollm2-135m-instruct" in r.stderr
+    assert not list(tmp_path.glob("*.kolm"))
+
+
+def test_run_on_missing_or_garbage_artifact(tmp_path):
+    r = run_cli("run", str(tmp_path / "nope.kolm"), "hi")
+    assert r.returncode == 4 and "no such artifact" in r.stderr
+    (tmp_path / "junk.kolm").write_bytes(b"PK\x03\x04 not really a zip")
+    r = run_cli("verify", str(tmp_path / "junk.kolm"))
+    assert r.returncode == 4 and "corrupt or truncated" in r.stderr
+
+
+def test_keys_show_export_trust_rotate(tmp_path, kolm_home):
+    r = run_cli("keys", "export")
+    assert r.returncode == 0 and r.stdout.startswith("kolm-ed25519 ")
+    kid = r.stdout.split()[2]
+    assert kid in run_cli("keys", "show").stdout
+    rot = run_cli("keys", "rotate")
+    assert rot.returncode == 0 and kid in rot.stdout
+    shown = run_cli("keys", "show").stdout
+    assert f"{kid}  own-retired" in shown
+    (tmp_path / "bad.pub").write_text("hello")
+    bad = run_cli("keys", "trust", str(tmp_path / "bad.pub"))
+    assert bad.returncode == 1 and "not a kolm public key" in bad.stderr
+
+
+def test_verify_and_inspect_do_not_import_torch():
+    code = (
+        "import sys\n"
+        "from kolm import cli\n"
+        "try:\n"
+        "    cli.cli.main(['verify', '/nonexistent.kolm'], standalone_mode=False)\n"
+        "except Exception:\n"
+        "    pass\n"
+        "try:\n"
+        "    cli.cli.main(['inspect', '/nonexistent.kolm'], standalone_mode=False)\n"
+        "except Exception:\n"
+        "    pass\n"
+        "heavy = [m for m in ('torch', 'transformers', 'peft', 'llama_cpp') if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == ""

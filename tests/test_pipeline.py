@@ -1,0 +1,146 @@
+"""The whole path on the bundled SmolLM2: compile → artifact → verify → run, for real.
+
+One compile is shared by the module (it trains a real LoRA adapter on 2 CPU cores).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zipfile
+
+import pytest
+
+from kolm.artifact import open_artifact
+from kolm.compiler import compile_task
+from kolm.errors import ArtifactError
+from kolm.spec import load_spec
+
+from .conftest import run_cli
+from .toy import write_toy_task
+
+EXPECTED_PARTS = {
+    "manifest.json",
+    "signature.json",
+    "base.gguf",
+    "adapter.gguf",
+    "train.jsonl",
+    "heldout.jsonl",
+    "config.json",
+}
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    home = root / "home"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("KOLM_HOME", str(home))
+    spec = load_spec(write_toy_task(root / "task"))
+    out = root / "toy.kolm"
+    t0 = time.perf_counter()
+    result = compile_task(spec, out, progress=False, log=lambda m: None)
+    first = time.perf_counter() - t0
+    yield {"root": root, "home": home, "spec": spec, "out": out, "result": result, "seconds": first}
+    mp.undo()
+
+
+@pytest.fixture
+def env(compiled, monkeypatch):
+    monkeypatch.setenv("KOLM_HOME", str(compiled["home"]))
+    return {"KOLM_HOME": str(compiled["home"])}
+
+
+def test_artifact_holds_exactly_the_expected_parts(compiled, env):
+    with zipfile.ZipFile(compiled["out"]) as z:
+        assert set(z.namelist()) == EXPECTED_PARTS
+    art = open_artifact(compiled["out"])
+    m = art.manifest
+    assert m["base"]["name"] == "smollm2-135m-instruct" and m["base"]["license"] == "apache-2.0"
+    assert m["base"]["embedded"] is True
+    assert set(m["versions"]) >= {"kolm", "torch", "transformers", "peft", "llama_cpp"}
+    assert m["task"]["labels"] == ["alpha", "bravo", "charlie", "delta"]
+
+
+def test_adapter_moves_llamacpp_answers_to_the_labels(compiled, env):
+    metrics = compiled["result"].manifest["metrics"]
+    student, base = metrics["student"]["accuracy"], metrics["base"]["accuracy"]
+    assert student >= 0.75, metrics
+    assert student >= base + 0.5, metrics
+    # llama.cpp with the exported adapter answers like the PyTorch model it came from.
+    assert metrics["llamacpp_torch_agreement"] >= 0.9, metrics
+
+
+def test_cli_verify_inspect_and_run(compiled, env):
+    out = str(compiled["out"])
+    v = run_cli("verify", out, env=env)
+    assert v.returncode == 0, v.stderr
+    assert "signature valid" in v.stdout and "adapter.gguf" in v.stdout
+    i = run_cli("inspect", out, "--json", env=env)
+    assert i.returncode == 0 and json.loads(i.stdout)["task"]["name"] == "toy"
+    r = run_cli("run", out, "Tell me about a shiny violin", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    answer = json.loads(r.stdout)
+    assert answer["output"] == "delta"
+
+
+def test_batch_run_matches_single_runs(compiled, env, tmp_path):
+    inputs = ["I keep thinking about a big storm.", "my bicycle", "a jar of cherries"]
+    (tmp_path / "in.txt").write_text("\n".join(inputs) + "\n")
+    r = run_cli("run", str(compiled["out"]), "--input", str(tmp_path / "in.txt"), env=env)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [row["input"] for row in rows] == inputs
+    from kolm.runner import load_student
+
+    _, student = load_student(compiled["out"])
+    try:
+        # Same answers in a fresh process and in any order: the prefix state is reset per call.
+        assert [student.answer(x).output for x in reversed(inputs)] == [
+            row["output"] for row in reversed(rows)
+        ]
+    finally:
+        student.close()
+
+
+def test_tampered_adapter_is_refused_by_run(compiled, env, tmp_path):
+    bad = tmp_path / "bad.kolm"
+    with zipfile.ZipFile(compiled["out"]) as zin, zipfile.ZipFile(bad, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            if info.filename == "adapter.gguf":
+                data = data[:-1] + bytes([data[-1] ^ 0xFF])
+            zout.writestr(info, data)
+    r = run_cli("run", str(bad), "hello", env=env)
+    assert r.returncode == 4
+    assert "changed: adapter.gguf" in r.stderr
+    with pytest.raises(ArtifactError):
+        open_artifact(bad)
+
+
+def test_recompile_reuses_the_trained_adapter(compiled, env):
+    out = compiled["root"] / "again.kolm"
+    t0 = time.perf_counter()
+    result = compile_task(
+        compiled["spec"], out, progress=False, log=lambda m: None, embed_base=False
+    )
+    assert result.cached_training
+    assert time.perf_counter() - t0 < compiled["seconds"] / 2
+    with zipfile.ZipFile(out) as z:
+        assert "base.gguf" not in z.namelist()
+    assert result.manifest["base"]["embedded"] is False
+    # The base is found locally by name and checked by hash.
+    r = run_cli("run", str(out), "Tell me about the tram", env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "bravo"
+
+
+def test_base_by_reference_with_wrong_override_is_refused(compiled, env, tmp_path):
+    out = compiled["root"] / "again.kolm"
+    if not out.exists():
+        pytest.skip("needs test_recompile_reuses_the_trained_adapter")
+    fake = tmp_path / "fake.gguf"
+    fake.write_bytes(b"GGUF" + b"\0" * 100)
+    r = run_cli("run", str(out), "hi", "--base", str(fake), env=env)
+    assert r.returncode == 3
+    assert "not the base this artifact was built on" in r.stderr
