@@ -27,6 +27,7 @@ EXPECTED_PARTS = {
     "train.jsonl",
     "heldout.jsonl",
     "config.json",
+    "verifier.json",
 }
 
 

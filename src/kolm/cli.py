@@ -54,6 +54,13 @@ def cli() -> None:
     "--no-embed-base", is_flag=True, help="Store only the base model's name, sha256 and size."
 )
 @click.option("--steps", type=int, help="Override train.steps.")
+@click.option("--teacher", help="Override teacher.model (provider:model).")
+@click.option(
+    "--cache",
+    "cache_path",
+    type=click.Path(path_type=Path),
+    help="Teacher cache file (default: in the kolm cache dir).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def compile_cmd(
     spec: Path,
@@ -61,28 +68,103 @@ def compile_cmd(
     work_dir: Path | None,
     no_embed_base: bool,
     steps: int | None,
+    teacher: str | None,
+    cache_path: Path | None,
     quiet: bool,
 ) -> None:
     """Compile the task in SPEC (a kolm.yaml) into a signed .kolm file."""
+    from kolm.compiler import compile_task
+
+    task = _load_task(spec, steps=steps, teacher=teacher)
+    out = out or Path(f"{task.name}.kolm")
+    result = compile_task(
+        task,
+        out,
+        work_dir=work_dir,
+        embed_base=not no_embed_base,
+        progress=not quiet,
+        cache_path=cache_path,
+    )
+    _print_compile_summary(result)
+
+
+@cli.command("label")
+@click.argument("spec", type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="JSONL of verified pairs to write.",
+)
+@click.option("--teacher", help="Override teacher.model (provider:model).")
+@click.option("--k", type=int, help="Override teacher.k (samples per input).")
+@click.option("--cache", "cache_path", type=click.Path(path_type=Path), help="Teacher cache file.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def label_cmd(
+    spec: Path, out: Path, teacher: str | None, k: int | None, cache_path: Path | None, quiet: bool
+) -> None:
+    """Label SPEC's unlabeled inputs with its teacher; write verified pairs to --out."""
+    from kolm.compiler import prepare, run_distill
+    from kolm.data import write_jsonl
+
+    task = _load_task(spec, teacher=teacher, k=k)
+    if task.teacher is None:
+        raise click.UsageError(
+            "the spec has no teacher: add `teacher: provider:model` or pass --teacher"
+        )
+    report = run_distill(prepare(task), cache_path, progress=not quiet)
+    tmp = out.with_name(out.name + ".partial")
+    write_jsonl(tmp, [x.to_dict() for x in report.items])
+    tmp.replace(out)
+    click.echo(
+        _table(_distill_rows(report.summary()) + [("written", str(out))], ("label summary", ""))
+    )
+
+
+def _load_task(
+    spec: Path, steps: int | None = None, teacher: str | None = None, k: int | None = None
+):
     import dataclasses
 
-    from kolm.compiler import compile_task
-    from kolm.spec import load_spec
+    from kolm.spec import TeacherConfig, load_spec
 
     task = load_spec(spec)
     if steps is not None:
         task = dataclasses.replace(task, train=dataclasses.replace(task.train, steps=steps))
-    out = out or Path(f"{task.name}.kolm")
-    result = compile_task(
-        task, out, work_dir=work_dir, embed_base=not no_embed_base, progress=not quiet
-    )
-    _print_compile_summary(result)
+    if teacher is not None:
+        base = task.teacher or TeacherConfig(model=teacher)
+        task = dataclasses.replace(task, teacher=dataclasses.replace(base, model=teacher))
+    if k is not None and task.teacher is not None:
+        task = dataclasses.replace(task, teacher=dataclasses.replace(task.teacher, k=k))
+    return task
+
+
+def _distill_rows(d: dict) -> list[tuple[str, str]]:
+    rules = ", ".join(f"{k} {v}" for k, v in d["rejected_by_rule"].items()) or "none"
+    rows = [
+        ("teacher / k", f"{d['teacher']} / {d['k']}"),
+        (
+            "inputs labeled",
+            f"{d['labeled']} of {d['inputs']} ({d['unlabeled']} without a verified answer)",
+        ),
+        ("sample acceptance rate", f"{d['acceptance_rate']:.1%}"),
+        ("mean agreement", f"{d['mean_agreement']:.1%} ({d['ties']} ties)"),
+        ("rejected samples by rule", rules),
+        ("calls / cache hits", f"{d['calls']} / {d['cache_hits']}"),
+        ("tokens in / out", f"{d['prompt_tokens']} / {d['completion_tokens']}"),
+        ("teacher cost", f"${d['usd']:.4f}"),
+    ]
+    if d["budget_stopped"]:
+        rows.append(("budget", f"stopped: {d['budget_stopped']}"))
+    return rows
 
 
 def _print_compile_summary(result) -> None:
     m = result.manifest["metrics"]
     size = result.artifact.stat().st_size
-    rows = [
+    rows = _distill_rows(result.distill) if result.distill else []
+    rows += [
         ("held-out examples", str(m["heldout_examples"])),
         ("student accuracy", f"{m['student']['accuracy']:.1%}"),
         ("untrained base accuracy", f"{m['base']['accuracy']:.1%}"),
@@ -97,7 +179,7 @@ def _print_compile_summary(result) -> None:
             + (" (cached)" if result.cached_training else ""),
         ),
         (
-            "time prepare/train/eval/package",
+            "time " + "/".join(result.timings),
             " / ".join(f"{v:.0f}s" for v in result.timings.values()),
         ),
         ("artifact", f"{result.artifact} ({size / 1e6:.1f} MB)"),
@@ -133,33 +215,35 @@ def run_cmd(
     threads: int | None,
 ) -> None:
     """Answer TEXT (or every input in --input) with the model in ARTIFACT."""
+    from tqdm.auto import tqdm
+
     from kolm.data import load_inputs
-    from kolm.runner import load_student
+    from kolm.runner import load_student, load_verifier
 
     if (text is None) == (input_file is None):
         raise click.UsageError("give either TEXT or --input FILE")
     inputs = [text] if text is not None else load_inputs(input_file)
     art, student = load_student(artifact, base=base, threads=threads)
-    from tqdm.auto import tqdm
-
+    verifier = load_verifier(art)
     batch = input_file is not None
-    for item in tqdm(inputs, desc="run", unit="input", disable=not batch, file=sys.stderr):
-        ans = student.answer(item)
-        if as_json or batch:
-            click.echo(
-                json.dumps(
-                    {
-                        "input": item,
-                        "output": ans.output,
-                        "latency_s": round(ans.latency_s, 4),
-                        "artifact": art.id[:16],
-                    },
-                    ensure_ascii=False,
-                )
-            )
-        else:
-            click.echo(ans.output)
-    student.close()
+    try:
+        for item in tqdm(inputs, desc="run", unit="input", disable=not batch, file=sys.stderr):
+            ans = student.answer(item)
+            if not (as_json or batch):
+                click.echo(ans.output)
+                continue
+            row = {
+                "input": item,
+                "output": ans.output,
+                "latency_s": round(ans.latency_s, 4),
+                "artifact": art.id[:16],
+            }
+            if verifier is not None:
+                check = verifier.check(ans.output)
+                row.update(verified=check.ok, failed_rule=check.failed)
+            click.echo(json.dumps(row, ensure_ascii=False))
+    finally:
+        student.close()
 
 
 @cli.command("verify")
@@ -229,6 +313,50 @@ def inspect_cmd(artifact: Path, as_json: bool) -> None:
         ]
     rows.append(("versions", ", ".join(f"{k} {v}" for k, v in m["versions"].items())))
     click.echo(_table(rows, (str(artifact), "")))
+
+
+@cli.group("cache")
+def cache_group() -> None:
+    """Inspect, export or prune the teacher cache (every paid answer, kept)."""
+
+
+@cache_group.command("stats")
+@click.option("--cache", "cache_path", type=click.Path(path_type=Path), help="Cache file.")
+def cache_stats(cache_path: Path | None) -> None:
+    """Responses and tokens per provider and model."""
+    from kolm.cache import TeacherCache
+
+    cache = TeacherCache(cache_path)
+    rows = [
+        (
+            f"{r['provider']}:{r['model']}",
+            f"{r['responses']} responses, {r['prompt_tokens']} / "
+            f"{r['completion_tokens']} tokens, {r['first']} .. {r['last']}",
+        )
+        for r in cache.stats()
+    ]
+    click.echo(_table(rows or [("(empty)", "")], (str(cache.path), "")))
+
+
+@cache_group.command("export")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--cache", "cache_path", type=click.Path(path_type=Path), help="Cache file.")
+def cache_export(out: Path, cache_path: Path | None) -> None:
+    """Write every cached response to OUT as JSONL."""
+    from kolm.cache import TeacherCache
+
+    click.echo(f"exported {TeacherCache(cache_path).export(out)} responses to {out}")
+
+
+@cache_group.command("prune")
+@click.option("--model", help="Delete responses of this provider:model.")
+@click.option("--before", help="Delete responses created before this ISO date (e.g. 2026-01-01).")
+@click.option("--cache", "cache_path", type=click.Path(path_type=Path), help="Cache file.")
+def cache_prune(model: str | None, before: str | None, cache_path: Path | None) -> None:
+    """Delete cached responses (they will be paid for again if needed)."""
+    from kolm.cache import TeacherCache
+
+    click.echo(f"deleted {TeacherCache(cache_path).prune(model, before)} responses")
 
 
 @cli.group("keys")

@@ -20,13 +20,14 @@ from pathlib import Path
 from kolm import __version__
 from kolm.artifact import BASE_PART, canonical_json, utc_now, write_artifact
 from kolm.basemodel import ResolvedBase, resolve
-from kolm.data import Example, is_label_task, load_examples, load_inputs, split_heldout, write_jsonl
+from kolm.data import Example, load_examples, load_inputs, split_heldout, write_jsonl
 from kolm.errors import SpecError
 from kolm.evaluate import agreement, run_and_score
 from kolm.keys import KeyStore
 from kolm.prompt import PromptFormat, format_from_gguf
 from kolm.runtime import Decoding, Student, llama_cpp_version
 from kolm.spec import TaskSpec
+from kolm.verifier import Verifier, check_seeds, synthesize
 
 Log = Callable[[str], None]
 
@@ -47,6 +48,7 @@ class Prepared:
     unlabeled: list[str]
     output_kind: str
     labels: list[str]
+    verifier: Verifier
 
 
 @dataclass
@@ -58,6 +60,10 @@ class CompileResult:
     artifact_id: str
     timings: dict[str, float] = field(default_factory=dict)
     cached_training: bool = False
+
+    @property
+    def distill(self) -> dict | None:
+        return self.manifest.get("distill")
 
 
 def prepare(spec: TaskSpec) -> Prepared:
@@ -72,11 +78,45 @@ def prepare(spec: TaskSpec) -> Prepared:
         problems.append("examples: the held-out split is empty; raise heldout_fraction")
     if problems:
         raise SpecError(problems, source=str(spec.spec_path or "spec"))
-    base = resolve(spec.base, spec.spec_path.parent if spec.spec_path else None)
     outputs = [e.output for e in examples]
-    kind = "label" if is_label_task(outputs) else "text"
-    labels = sorted(set(outputs)) if kind == "label" else []
-    return Prepared(spec, base, format_from_gguf(base.gguf), train, held, unlabeled, kind, labels)
+    v = spec.verifier
+    verifier = synthesize(outputs, v.labels, v.regex, v.json_schema, v.functions)
+    check_seeds(verifier, outputs)
+    if spec.teacher is not None and not unlabeled:
+        raise SpecError(
+            ["teacher is set but there are no unlabeled inputs to label (add `unlabeled:`)"]
+        )
+    base = resolve(spec.base, spec.spec_path.parent if spec.spec_path else None)
+    held_inputs = {e.input for e in held}
+    unlabeled = [x for x in unlabeled if x not in held_inputs and x not in {e.input for e in train}]
+    labels = list(verifier.labels)
+    fmt = format_from_gguf(base.gguf)
+    return Prepared(spec, base, fmt, train, held, unlabeled, verifier.kind, labels, verifier)
+
+
+def run_distill(p: Prepared, cache_path: Path | None = None, progress: bool = True):
+    """Label the unlabeled inputs with the teacher (k samples, verified majority)."""
+    import asyncio
+
+    from kolm.cache import TeacherCache
+    from kolm.distill import distill
+
+    assert p.spec.teacher is not None
+    cache = TeacherCache(cache_path)
+    try:
+        return asyncio.run(
+            distill(
+                p.unlabeled,
+                p.spec.description,
+                p.train,
+                p.verifier,
+                p.spec.teacher,
+                cache,
+                progress,
+            )
+        )
+    finally:
+        cache.close()
 
 
 def work_dir_for(spec: TaskSpec, override: Path | None) -> Path:
@@ -108,6 +148,7 @@ def compile_task(
     keys: KeyStore | None = None,
     progress: bool = True,
     log: Log = _stderr,
+    cache_path: Path | None = None,
 ) -> CompileResult:
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -115,13 +156,24 @@ def compile_task(
     keys = keys or KeyStore()
     keys.ensure()
     base_sha = p.base.sha256()
+    timings["prepare"] = time.perf_counter() - t
+    t = time.perf_counter()
+    report = None
+    if spec.teacher is not None:
+        log(
+            f"kolm: labeling {len(p.unlabeled)} inputs with {spec.teacher.model.split('@')[0]} (k={spec.teacher.k})"
+        )
+        report = run_distill(p, cache_path, progress)
+        p.train = p.train + [
+            Example(x.input, x.output) for x in report.accepted if x.output is not None
+        ]
+    timings["distill"] = time.perf_counter() - t
     log(
         f"kolm: {len(p.train)} training / {len(p.heldout)} held-out examples, "
         f"output kind {p.output_kind}, base {p.base.name}"
     )
     work = work_dir_for(spec, work_dir) / training_key(p, base_sha)[:16]
     work.mkdir(parents=True, exist_ok=True)
-    timings["prepare"] = time.perf_counter() - t
 
     t = time.perf_counter()
     cached = (work / "done.json").is_file()
@@ -136,8 +188,10 @@ def compile_task(
     timings["evaluate"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    parts = _write_parts(p, work, decoding, embed_base)
+    parts = _write_parts(p, work, decoding, embed_base, report)
     manifest = _manifest(p, base_sha, embed_base, decoding, metrics, train_info)
+    if report is not None:
+        manifest["distill"] = report.summary()
     manifest, art_id = write_artifact(out, parts, manifest, keys)
     timings["package"] = time.perf_counter() - t
     return CompileResult(Path(out), manifest, art_id, timings, cached)
@@ -212,9 +266,14 @@ def _evaluate_stage(
     }
 
 
-def _write_parts(p: Prepared, work: Path, decoding: Decoding, embed_base: bool) -> dict[str, Path]:
+def _write_parts(
+    p: Prepared, work: Path, decoding: Decoding, embed_base: bool, report=None
+) -> dict[str, Path]:
     parts_dir = work / "parts"
     parts_dir.mkdir(exist_ok=True)
+    (parts_dir / "verifier.json").write_text(
+        json.dumps(p.verifier.to_dict(), indent=1, ensure_ascii=False)
+    )
     write_jsonl(parts_dir / "train.jsonl", [e.to_dict() for e in p.train])
     write_jsonl(parts_dir / "heldout.jsonl", [e.to_dict() for e in p.heldout])
     config = {
@@ -231,7 +290,13 @@ def _write_parts(p: Prepared, work: Path, decoding: Decoding, embed_base: bool) 
         "train.jsonl": parts_dir / "train.jsonl",
         "heldout.jsonl": parts_dir / "heldout.jsonl",
         "config.json": parts_dir / "config.json",
+        "verifier.json": parts_dir / "verifier.json",
     }
+    if report is not None:
+        write_jsonl(parts_dir / "distilled.jsonl", [x.to_dict() for x in report.items])
+        write_jsonl(parts_dir / "preferences.jsonl", report.preference_pairs())
+        parts["distilled.jsonl"] = parts_dir / "distilled.jsonl"
+        parts["preferences.jsonl"] = parts_dir / "preferences.jsonl"
     if embed_base:
         parts[BASE_PART] = p.base.gguf
     return parts
@@ -247,6 +312,7 @@ def _manifest(
             "description": p.spec.description,
             "output_kind": p.output_kind,
             "labels": p.labels,
+            "verifier": p.verifier.describe(),
         },
         "base": {
             "name": p.base.name,

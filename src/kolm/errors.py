@@ -62,3 +62,9 @@ class RuntimeFailure(KolmError):
     """The runtime could not load or answer."""
 
     exit_code = 6
+
+
+class TeacherError(KolmError):
+    """The teacher cannot be used (bad name, missing key, refused request, down)."""
+
+    exit_code = 7

@@ -13,6 +13,7 @@ from kolm.artifact import Artifact, open_artifact
 from kolm.keys import KeyStore
 from kolm.prompt import PromptFormat
 from kolm.runtime import Decoding, Student
+from kolm.verifier import Verifier
 
 
 def load_student(
@@ -35,3 +36,10 @@ def load_student(
         decoding,
     )
     return art, student
+
+
+def load_verifier(art: Artifact) -> Verifier | None:
+    """The artifact's verifier, or None for artifacts made before verifiers existed."""
+    if "verifier.json" not in art.manifest["parts"]:
+        return None
+    return Verifier.from_dict(art.read_json("verifier.json"))

@@ -91,6 +91,96 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class TeacherConfig:
+    """Who labels the unlabeled inputs, and how hard to try."""
+
+    model: str
+    """`provider:model`, e.g. `openai:<model>`, `anthropic:<model>`,
+    `openai-compatible:<model>@<base_url>`, `local:<path.gguf or base name>`."""
+    k: int = 8
+    """Samples asked per input; the verified majority wins."""
+    temperature: float = 0.8
+    """Sampling temperature for the k samples (must be > 0 when k > 1)."""
+    max_tokens: int = 256
+    """Longest teacher answer in tokens."""
+    shots: int = 8
+    """Seed examples shown to the teacher as demonstrations (training split only)."""
+    concurrency: int = 16
+    """Requests in flight at once."""
+    timeout_s: float = 60.0
+    """Per-request timeout in seconds."""
+    max_retries: int = 6
+    """Retries per request on timeouts, 429 and 5xx (exponential backoff with jitter)."""
+    max_usd: float | None = None
+    """Stop asking once this much has been spent in this run (cache hits are free)."""
+    max_calls: int | None = None
+    """Stop asking after this many calls in this run."""
+    min_agreement: float = 0.0
+    """Winners backed by a smaller share of the k samples are set aside, not trained on."""
+    prices: dict | None = None
+    """USD per million tokens, `{model: [input, output]}`; overrides the built-in table."""
+
+    def check(self) -> list[str]:
+        problems = []
+        if ":" not in self.model:
+            problems.append("teacher.model must look like provider:model (e.g. openai:<model>)")
+        if self.k < 1:
+            problems.append("teacher.k must be at least 1")
+        if self.k > 1 and self.temperature <= 0:
+            problems.append("teacher.temperature must be > 0 when teacher.k > 1")
+        for name in ("max_tokens", "concurrency"):
+            if getattr(self, name) < 1:
+                problems.append(f"teacher.{name} must be at least 1")
+        if self.shots < 0 or self.max_retries < 0:
+            problems.append("teacher.shots and teacher.max_retries cannot be negative")
+        if self.timeout_s <= 0:
+            problems.append("teacher.timeout_s must be positive")
+        if self.max_usd is not None and self.max_usd < 0:
+            problems.append("teacher.max_usd cannot be negative")
+        if self.max_calls is not None and self.max_calls < 0:
+            problems.append("teacher.max_calls cannot be negative")
+        if not 0 <= self.min_agreement <= 1:
+            problems.append("teacher.min_agreement must be in [0, 1]")
+        for model, price in (self.prices or {}).items():
+            if not (
+                isinstance(price, list)
+                and len(price) == 2
+                and all(isinstance(x, int | float) for x in price)
+            ):
+                problems.append(
+                    f"teacher.prices.{model} must be [input_usd_per_mtok, output_usd_per_mtok]"
+                )
+        return problems
+
+
+@dataclass(frozen=True)
+class VerifierConfig:
+    """Checks added to the verifier synthesized from the seed outputs."""
+
+    labels: tuple[str, ...] = ()
+    """Allowed outputs (a closed label set), in addition to any inferred."""
+    regex: str | None = None
+    """Every output must fully match this regular expression."""
+    json_schema: Path | None = None
+    """A JSON Schema file every output must satisfy (outputs are then JSON)."""
+    functions: tuple[str, ...] = ()
+    """Names of checks registered under the `kolm.verifiers` entry point group."""
+
+    def check(self) -> list[str]:
+        import re
+
+        problems = []
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as e:
+                problems.append(f"verifier.regex does not compile: {e}")
+        if self.json_schema is not None and not self.json_schema.is_file():
+            problems.append(f"verifier.json_schema: file not found: {self.json_schema}")
+        return problems
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """A task to compile: what to do, from which examples, on which base."""
 
@@ -114,6 +204,10 @@ class TaskSpec:
     """Training settings."""
     run: RunConfig = field(default_factory=RunConfig)
     """Decoding settings."""
+    teacher: TeacherConfig | None = None
+    """Optional teacher that labels `unlabeled` inputs (k samples, verified majority)."""
+    verifier: VerifierConfig = field(default_factory=VerifierConfig)
+    """Extra checks for outputs, on top of those inferred from the examples."""
     spec_path: Path | None = None
     """Where the spec was read from (set by `load_spec`)."""
 
@@ -134,7 +228,9 @@ class TaskSpec:
         for label, path in (("examples", self.examples), ("unlabeled", self.unlabeled)):
             if path is not None and not path.is_file():
                 problems.append(f"{label}: file not found: {path}")
-        return problems + self.train.check() + self.run.check()
+        if self.teacher is not None:
+            problems += self.teacher.check()
+        return problems + self.train.check() + self.run.check() + self.verifier.check()
 
 
 def load_spec(path: str | Path, **overrides: Any) -> TaskSpec:
@@ -216,11 +312,18 @@ def _coerce(value: Any, hint: Any, where: str, base_dir: Path, problems: list[st
         hint = args[0]
         origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
+        if hint is TeacherConfig and isinstance(value, str):
+            value = {"model": value}  # `teacher: provider:model` shorthand
         if not isinstance(value, dict):
             problems.append(f"{where} must be a mapping")
             return False, None
         built = _build(hint, value, f"{where}.", base_dir, problems)
         return built is not None, built
+    if hint is dict or origin is dict:
+        if not isinstance(value, dict):
+            problems.append(f"{where} must be a mapping")
+            return False, None
+        return True, value
     if hint is Path:
         if not isinstance(value, str) or not value.strip():
             problems.append(f"{where} must be a file path")

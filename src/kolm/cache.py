@@ -1,0 +1,173 @@
+"""The teacher cache: every response stored before it is used; it only grows.
+
+A SQLite file keyed by sha256 of (provider, model, full request, sample index).
+Each response is committed on its own, in WAL mode, so a process killed at any
+point loses at most the calls in flight, and a rerun pays for nothing already
+answered. The schema evolves through an ordered list of migrations. Knows
+nothing about teachers beyond the strings it is given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from kolm.artifact import cache_home, canonical_json, utc_now
+from kolm.errors import KolmError
+
+MIGRATIONS = (
+    """
+    CREATE TABLE responses (
+        key TEXT PRIMARY KEY,
+        provider TEXT NOT NULL,
+        model TEXT NOT NULL,
+        sample INTEGER NOT NULL,
+        request TEXT NOT NULL,
+        text TEXT NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX responses_model ON responses(provider, model);
+    """,
+)
+
+
+def default_cache_path() -> Path:
+    return cache_home() / "teacher-cache.sqlite"
+
+
+def cache_key(provider: str, model: str, request: dict, sample: int) -> str:
+    payload = {"provider": provider, "model": model, "request": request, "sample": sample}
+    return hashlib.sha256(canonical_json(payload)).hexdigest()
+
+
+@dataclass(frozen=True)
+class Cached:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class TeacherCache:
+    """One SQLite file of responses. Use from one thread (the event loop's)."""
+
+    def __init__(self, path: Path | None = None):
+        self.path = Path(path or default_cache_path())
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+        except sqlite3.DatabaseError as e:
+            raise KolmError(
+                f"teacher cache {self.path} is unreadable ({e})",
+                hint="move it aside to start a fresh cache (its answers will be paid for again)",
+            ) from None
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise KolmError(f"teacher cache {self.path} was made by a newer kolm; upgrade kolm")
+        for i in range(version, len(MIGRATIONS)):
+            self._db.executescript(f"BEGIN; {MIGRATIONS[i]} PRAGMA user_version={i + 1}; COMMIT;")
+
+    def get(self, key: str) -> Cached | None:
+        row = self._db.execute(
+            "SELECT text, prompt_tokens, completion_tokens FROM responses WHERE key=?", (key,)
+        ).fetchone()
+        return Cached(*row) if row else None
+
+    def put(
+        self, key: str, provider: str, model: str, sample: int, request: dict, c: Cached
+    ) -> None:
+        try:
+            self._db.execute(
+                "INSERT OR IGNORE INTO responses VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    key,
+                    provider,
+                    model,
+                    sample,
+                    canonical_json(request).decode(),
+                    c.text,
+                    c.prompt_tokens,
+                    c.completion_tokens,
+                    utc_now(),
+                ),
+            )
+        except sqlite3.OperationalError as e:
+            raise KolmError(
+                f"cannot write the teacher cache {self.path}: {e}",
+                hint="free disk space, then rerun: every answer already cached is kept",
+            ) from None
+
+    def stats(self) -> list[dict]:
+        rows = self._db.execute(
+            "SELECT provider, model, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), MIN(created_at), "
+            "MAX(created_at) FROM responses GROUP BY provider, model ORDER BY provider, model"
+        ).fetchall()
+        keys = (
+            "provider",
+            "model",
+            "responses",
+            "prompt_tokens",
+            "completion_tokens",
+            "first",
+            "last",
+        )
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def export(self, out: Path) -> int:
+        n = 0
+        with out.open("w", encoding="utf-8") as f:
+            for row in self._db.execute(
+                "SELECT key, provider, model, sample, request, text, prompt_tokens, completion_tokens, created_at "
+                "FROM responses ORDER BY created_at, key"
+            ):
+                key, provider, model, sample, request, text, pt, ct, created = row
+                f.write(
+                    json.dumps(
+                        {
+                            "key": key,
+                            "provider": provider,
+                            "model": model,
+                            "sample": sample,
+                            "request": json.loads(request),
+                            "text": text,
+                            "prompt_tokens": pt,
+                            "completion_tokens": ct,
+                            "created_at": created,
+                        },
+                        ensure_ascii=False,
+                    )
+                    + "\n"
+                )
+                n += 1
+        return n
+
+    def prune(self, model: str | None = None, before: str | None = None) -> int:
+        """Delete responses of `provider:model` and/or created before an ISO date."""
+        clauses, args = [], []
+        if model:
+            provider, _, name = model.partition(":")
+            clauses.append("provider=? AND model=?")
+            args += [provider, name]
+        if before:
+            clauses.append("created_at < ?")
+            args.append(before)
+        if not clauses:
+            raise KolmError("prune needs --model and/or --before", hint="kolm cache prune --help")
+        cur = self._db.execute(f"DELETE FROM responses WHERE {' AND '.join(clauses)}", args)
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return cur.rowcount
+
+    def count(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+
+    def close(self) -> None:
+        self._db.close()
