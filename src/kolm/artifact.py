@@ -101,20 +101,18 @@ def locate_base(base: dict, override: Path | None) -> Path:
     from kolm.basemodel import file_sha256, known_bases, resolve
 
     sha = base["sha256"]
-    candidates: list[Path] = []
     if override is not None:
-        candidates.append(Path(override))
-    candidates.append(blob_dir() / sha)
+        path = Path(override)
+        if path.is_file() and path.stat().st_size == base["size"] and file_sha256(path) == sha:
+            return path
+        raise BaseModelError(f"{override} is not the base this artifact was built on (sha256 differs)")
+    candidates = [blob_dir() / sha]
     if base["name"] in known_bases():
         with contextlib.suppress(BaseModelError):
             candidates.append(resolve(base["name"]).gguf)
     for path in candidates:
         if path.is_file() and path.stat().st_size == base["size"] and file_sha256(path) == sha:
             return path
-    if override is not None:
-        raise BaseModelError(
-            f"{override} is not the base this artifact was built on (sha256 differs)"
-        )
     raise BaseModelError(
         f"this artifact does not embed its base model {base['name']!r} "
         f"(sha256 {sha[:16]}…, {base['size']} bytes), and no local copy was found",

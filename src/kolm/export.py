@@ -8,6 +8,7 @@ must be permuted the same way). Knows nothing about training or the artifact.
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 from kolm.basemodel import gguf_metadata
@@ -47,7 +48,11 @@ def write_lora_gguf(model, base_gguf: Path, out: Path, alpha: float) -> int:
     n_head = int(heads.get(f"{arch}.attention.head_count", 0))
     n_kv = int(heads.get(f"{arch}.attention.head_count_kv", n_head))
     pairs: dict[tuple[int, str], dict[str, np.ndarray]] = {}
-    for key, tensor in get_peft_model_state_dict(model).items():
+    with warnings.catch_warnings():
+        # peft looks for a config.json beside the base to check the vocabulary; a GGUF has none.
+        warnings.simplefilter("ignore", UserWarning)
+        state = get_peft_model_state_dict(model)
+    for key, tensor in state.items():
         m = _KEY.search(key)
         if not m or m.group(2) not in MODULE_NAMES:
             raise TrainingError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import random
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +118,7 @@ def train_lora(
     import torch
     from peft import LoraConfig, get_peft_model
 
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
@@ -252,6 +254,7 @@ def _save_checkpoint(folder: Path, model, opt, sched, step: int) -> None:
 
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / "checkpoint.pt.partial"
+    warnings.filterwarnings("ignore", message="Could not find a config file", category=UserWarning)
     torch.save(
         {
             "step": step,
