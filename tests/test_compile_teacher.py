@@ -26,7 +26,7 @@ def test_compile_labels_unlabeled_inputs_and_packs_the_evidence(tmp_path, monkey
         (tmp_path / "pool.txt").write_text("\n".join(r["input"] for r in pool) + "\n")
         (tmp_path / "kolm.yaml").write_text(
             f"name: toy\ndescription: {json.dumps(INSTRUCTION)}\nexamples: seeds.jsonl\nunlabeled: pool.txt\n"
-            "heldout_fraction: 0.25\ntrain: {steps: 4, max_seq_len: 96}\n"
+            "heldout_fraction: 0.25\ntrain: {steps: 4, max_seq_len: 96}\ngate: 0\n"
             f"teacher: {{model: 'openai-compatible:oracle@{url}/v1', k: 8}}\n"
         )
         spec = load_spec(tmp_path / "kolm.yaml")
@@ -49,3 +49,8 @@ def test_compile_labels_unlabeled_inputs_and_packs_the_evidence(tmp_path, monkey
     correct = sum(x["output"] == truth[x["input"]] for x in distilled if x["output"])
     assert correct >= 0.9 * d["labeled"]
     assert art.read_json("verifier.json")["kind"] == "label"
+    # The teacher baseline was measured on the held-out inputs (one cached call each).
+    t = art.manifest["metrics"]["teacher"]
+    assert t["source"] == "teacher" and 0.4 <= t["accuracy"] <= 1.0 and t["latency_s"] > 0
+    assert art.manifest["metrics"]["student_teacher_agreement"] is not None
+    assert oracle.requests >= 8 * len(pool) + len(held)

@@ -5,7 +5,10 @@ One compile is shared by the module (it trains a real LoRA adapter on 2 CPU core
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import json
+import re
 import time
 import zipfile
 
@@ -13,8 +16,8 @@ import pytest
 
 from kolm.artifact import open_artifact
 from kolm.compiler import compile_task
-from kolm.errors import ArtifactError
-from kolm.spec import load_spec
+from kolm.errors import ArtifactError, GateError
+from kolm.spec import GateConfig, load_spec
 
 from .conftest import run_cli
 from .toy import write_toy_task
@@ -145,3 +148,88 @@ def test_base_by_reference_with_wrong_override_is_refused(compiled, env, tmp_pat
     r = run_cli("run", str(out), "hi", "--base", str(fake), env=env)
     assert r.returncode == 3
     assert "not the base this artifact was built on" in r.stderr
+
+
+def test_kscore_and_report_are_in_the_signed_manifest(compiled, env):
+    m = open_artifact(compiled["out"]).manifest
+    k = m["kscore"]
+    assert set(k["components"]) == {"A", "S", "L", "C", "V"}
+    assert k["K"] >= 0.7 and m["gate"]["passed"] and not m["gate"]["overridden"]
+    assert m["metrics"]["teacher"]["source"] == "gold"
+    assert m["metrics"]["student"]["macro_f1"] >= 0.7
+    html = (compiled["root"] / "toy.report.html").read_text()
+    assert f"K = {k['K']:.3f}" in html
+    images = re.findall(r"src='data:image/png;base64,([^']+)'", html)
+    assert len(images) == 3 and all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
+    for title in (
+        "Confusion matrix",
+        "Latency histogram",
+        "K-score components",
+        "Worst errors",
+        "break-even",
+    ):
+        assert title in html
+    md = (compiled["root"] / "toy.report.md").read_text()
+    assert f"K = {k['K']:.3f}" in md and "| A (accuracy) |" in md
+
+
+def test_gate_blocks_below_min_k_and_force_ships_marked(compiled, env, tmp_path):
+    strict = dataclasses.replace(compiled["spec"], gate=GateConfig(min_k=0.9999))
+    out = tmp_path / "blocked.kolm"
+    with pytest.raises(GateError) as err:
+        compile_task(strict, out, progress=False, log=lambda m: None)
+    assert "below the gate 1.00 by" in str(err.value) and "--force" in str(err.value)
+    assert not out.exists() and (tmp_path / "blocked.report.html").exists()
+    assert "BLOCKED" in (tmp_path / "blocked.report.md").read_text()
+    forced = compile_task(strict, out, progress=False, log=lambda m: None, force=True)
+    g = open_artifact(out).manifest["gate"]
+    assert g["passed"] is False and g["overridden"] is True and forced.manifest["gate"] == g
+
+
+def test_gate_exit_code_from_the_cli(compiled, env, tmp_path):
+    spec = compiled["root"] / "task" / "kolm.yaml"
+    strict = spec.with_name("strict.yaml")
+    strict.write_text(spec.read_text() + "gate: {min_k: 0.5, min_accuracy: 1.01}\n")
+    r = run_cli("compile", str(strict), "--out", str(tmp_path / "s.kolm"), "-q", env=env)
+    assert r.returncode == 2 and "gate.min_accuracy" in r.stderr
+    strict.write_text(spec.read_text() + "gate: 0.9999\n")
+    r = run_cli("compile", str(strict), "--out", str(tmp_path / "s.kolm"), "-q", env=env)
+    assert r.returncode == 8, r.stderr
+    assert "not shipped" in r.stderr and not (tmp_path / "s.kolm").exists()
+
+
+def test_eval_on_new_data_and_refusal_when_tampered(compiled, env, tmp_path):
+    rows = [
+        {"input": "Tell me about a tiny violin", "output": "delta"},
+        {"input": "my old scooter", "output": "bravo"},
+        {"input": "a bowl of grapes", "output": "alpha"},
+        {"input": "the fog this morning", "output": "bravo"},
+    ]  # last one is labeled wrong on purpose
+    data = tmp_path / "new.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r = run_cli("eval", str(compiled["out"]), str(data), "--json", "-q", env=env)
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)
+    assert m["n"] == 4 and m["accuracy"] == 0.75 and m["verifier_pass_rate"] == 1.0
+    assert m["per_class"]["bravo"]["support"] == 2
+    table = run_cli("eval", str(compiled["out"]), str(data), "-q", env=env)
+    assert "macro-F1" in table.stdout
+    bad = tmp_path / "bad.kolm"
+    with zipfile.ZipFile(compiled["out"]) as zin, zipfile.ZipFile(bad, "w") as zout:
+        for info in zin.infolist():
+            data_ = zin.read(info.filename)
+            zout.writestr(
+                info,
+                data_.replace(b"alpha", b"omega") if info.filename == "verifier.json" else data_,
+            )
+    refused = run_cli("eval", str(bad), str(data), env=env)
+    assert refused.returncode == 4 and "changed: verifier.json" in refused.stderr
+
+
+def test_roi_uses_the_manifest_figures(compiled, env):
+    r = run_cli("roi", str(compiled["out"]), "--calls-per-month", "100000", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    roi = json.loads(r.stdout)
+    # No teacher: the gate's default $1 per 1k calls stands in; the student costs $0.
+    assert roi["frontier_usd_per_month"] == 100.0 and roi["compiled_usd_per_month"] == 0.0
+    assert roi["break_even_calls"] == 0.0 and roi["teacher_source"] == "gold"

@@ -16,11 +16,22 @@ from .toy import write_toy_task
 def test_sigkilled_compile_resumes_from_the_training_checkpoint(tmp_path, kolm_home):
     spec = write_toy_task(tmp_path / "task", steps=24)
     out = tmp_path / "toy.kolm"
-    cmd = [sys.executable, "-c", "from kolm.cli import main; main()", "compile", str(spec), "--out", str(out), "-q"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from kolm.cli import main; main()",
+        "compile",
+        str(spec),
+        "--out",
+        str(out),
+        "-q",
+    ]
     env = {**os.environ, "KOLM_HOME": str(kolm_home)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
-    while not list(tmp_path.rglob("checkpoint.pt")) and time.time() < deadline and proc.poll() is None:
+    while (
+        not list(tmp_path.rglob("checkpoint.pt")) and time.time() < deadline and proc.poll() is None
+    ):
         time.sleep(0.2)
     assert proc.poll() is None, "compile ended before its first checkpoint"
     proc.send_signal(signal.SIGKILL)

@@ -105,7 +105,9 @@ def locate_base(base: dict, override: Path | None) -> Path:
         path = Path(override)
         if path.is_file() and path.stat().st_size == base["size"] and file_sha256(path) == sha:
             return path
-        raise BaseModelError(f"{override} is not the base this artifact was built on (sha256 differs)")
+        raise BaseModelError(
+            f"{override} is not the base this artifact was built on (sha256 differs)"
+        )
     candidates = [blob_dir() / sha]
     if base["name"] in known_bases():
         with contextlib.suppress(BaseModelError):

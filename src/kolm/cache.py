@@ -33,6 +33,8 @@ MIGRATIONS = (
     );
     CREATE INDEX responses_model ON responses(provider, model);
     """,
+    # 2: how long the call took, so a teacher baseline's latency survives caching.
+    "ALTER TABLE responses ADD COLUMN latency_ms REAL;",
 )
 
 
@@ -50,6 +52,7 @@ class Cached:
     text: str
     prompt_tokens: int
     completion_tokens: int
+    latency_ms: float | None = None
 
 
 class TeacherCache:
@@ -78,7 +81,8 @@ class TeacherCache:
 
     def get(self, key: str) -> Cached | None:
         row = self._db.execute(
-            "SELECT text, prompt_tokens, completion_tokens FROM responses WHERE key=?", (key,)
+            "SELECT text, prompt_tokens, completion_tokens, latency_ms FROM responses WHERE key=?",
+            (key,),
         ).fetchone()
         return Cached(*row) if row else None
 
@@ -87,7 +91,8 @@ class TeacherCache:
     ) -> None:
         try:
             self._db.execute(
-                "INSERT OR IGNORE INTO responses VALUES (?,?,?,?,?,?,?,?,?)",
+                "INSERT OR IGNORE INTO responses (key, provider, model, sample, request, text, "
+                "prompt_tokens, completion_tokens, created_at, latency_ms) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (
                     key,
                     provider,
@@ -98,6 +103,7 @@ class TeacherCache:
                     c.prompt_tokens,
                     c.completion_tokens,
                     utc_now(),
+                    c.latency_ms,
                 ),
             )
         except sqlite3.OperationalError as e:

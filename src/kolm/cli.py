@@ -61,6 +61,7 @@ def cli() -> None:
     type=click.Path(path_type=Path),
     help="Teacher cache file (default: in the kolm cache dir).",
 )
+@click.option("--force", is_flag=True, help="Ship even below the gate (marked in the manifest).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def compile_cmd(
     spec: Path,
@@ -70,9 +71,13 @@ def compile_cmd(
     steps: int | None,
     teacher: str | None,
     cache_path: Path | None,
+    force: bool,
     quiet: bool,
 ) -> None:
-    """Compile the task in SPEC (a kolm.yaml) into a signed .kolm file."""
+    """Compile the task in SPEC (a kolm.yaml) into a signed .kolm file.
+
+    Below the ship gate (K-score, see docs/k-score.md) it writes only the report
+    and exits 8, unless --force."""
     from kolm.compiler import compile_task
 
     task = _load_task(spec, steps=steps, teacher=teacher)
@@ -84,6 +89,7 @@ def compile_cmd(
         embed_base=not no_embed_base,
         progress=not quiet,
         cache_path=cache_path,
+        force=force,
     )
     _print_compile_summary(result)
 
@@ -168,6 +174,14 @@ def _print_compile_summary(result) -> None:
         ("held-out examples", str(m["heldout_examples"])),
         ("student accuracy", f"{m['student']['accuracy']:.1%}"),
         ("untrained base accuracy", f"{m['base']['accuracy']:.1%}"),
+        (f"teacher accuracy ({m['teacher']['source']})", f"{m['teacher']['accuracy']:.1%}"),
+        (
+            "student / teacher agreement",
+            "n/a (no teacher)"
+            if m["student_teacher_agreement"] is None
+            else f"{m['student_teacher_agreement']:.1%}",
+        ),
+        ("verifier pass rate (coverage)", f"{m['student']['verifier_pass_rate']:.1%}"),
         ("llama.cpp / PyTorch agreement", f"{m['llamacpp_torch_agreement']:.1%}"),
         (
             "student latency p50 / p95",
@@ -184,6 +198,8 @@ def _print_compile_summary(result) -> None:
         ),
         ("artifact", f"{result.artifact} ({size / 1e6:.1f} MB)"),
         ("artifact id", result.artifact_id[:16]),
+        ("K-score", _k_line(result.manifest)),
+        ("report", str(result.report)),
     ]
     click.echo(_table(rows, ("compile summary", "")))
 
@@ -311,6 +327,8 @@ def inspect_cmd(artifact: Path, as_json: bool) -> None:
             ("untrained base accuracy", f"{met['base']['accuracy']:.1%}"),
             ("llama.cpp / PyTorch agreement", f"{met['llamacpp_torch_agreement']:.1%}"),
         ]
+    if "kscore" in m:
+        rows.append(("K-score", _k_line(m)))
     rows.append(("versions", ", ".join(f"{k} {v}" for k, v in m["versions"].items())))
     click.echo(_table(rows, (str(artifact), "")))
 
@@ -400,6 +418,95 @@ def keys_rotate() -> None:
 
     old, new = KeyStore().rotate()
     click.echo(f"rotated: {old} (retired, still trusted) -> {new}")
+
+
+def _k_line(manifest: dict) -> str:
+    from kolm.report import verdict
+
+    k = manifest["kscore"]
+    parts = " ".join(f"{c}={v:.2f}" for c, v in k["components"].items())
+    return f"{k['K']:.3f} ({parts}) gate {manifest['gate']['min_k']:.2f}: {verdict(manifest)}"
+
+
+@cli.command("eval")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable metrics.")
+@click.option(
+    "--base",
+    type=click.Path(path_type=Path),
+    help="Base GGUF for an artifact built with --no-embed-base.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def eval_cmd(artifact: Path, data: Path, as_json: bool, base: Path | None, quiet: bool) -> None:
+    """Evaluate ARTIFACT on labeled DATA (JSONL/CSV of input, output) with compile's metrics."""
+    from kolm.runner import eval_artifact
+
+    m = eval_artifact(artifact, data, base=base, progress=not quiet)
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in m.items() if k != "outputs"}, indent=1))
+        return
+    rows = [
+        ("examples", str(m["n"])),
+        ("accuracy", f"{m['accuracy']:.1%}"),
+        ("exact match", f"{m['exact_match']:.1%}"),
+        ("verifier pass rate", f"{m['verifier_pass_rate']:.1%}"),
+        (
+            "latency p50 / p95",
+            f"{m['latency_p50_s'] * 1000:.0f} / {m['latency_p95_s'] * 1000:.0f} ms",
+        ),
+    ]
+    if "macro_f1" in m:
+        rows.insert(2, ("macro-F1", f"{m['macro_f1']:.1%}"))
+        rows += [
+            (
+                f"  {c}",
+                f"P {v['precision']:.0%}  R {v['recall']:.0%}  F1 {v['f1']:.0%}  n={v['support']}",
+            )
+            for c, v in m["per_class"].items()
+        ]
+    for f, v in m.get("field_accuracy", {}).items():
+        rows.append((f"  field {f}", f"{v:.1%}"))
+    click.echo(_table(rows, (f"eval {artifact} on {data}", "")))
+
+
+@cli.command("roi")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--calls-per-month", type=float, required=True, help="Your monthly call volume.")
+@click.option("--json", "as_json", is_flag=True)
+def roi_cmd(artifact: Path, calls_per_month: float, as_json: bool) -> None:
+    """Frontier vs compiled cost at your volume, from the figures measured at compile."""
+    from kolm.artifact import open_artifact
+    from kolm.kscore import roi
+
+    m = open_artifact(artifact).manifest
+    if "economics" not in m:
+        raise click.UsageError("this artifact predates cost accounting; recompile it")
+    r = roi(m["economics"], calls_per_month)
+    if as_json:
+        click.echo(json.dumps(r, indent=1))
+        return
+    be = (
+        "never"
+        if r["break_even_calls"] is None
+        else f"{r['break_even_calls']:,.0f} calls (~{r['break_even_days']} days)"
+    )
+    rows = [
+        ("calls per month", f"{calls_per_month:,.0f}"),
+        ("frontier API per month", f"${r['frontier_usd_per_month']:,.2f}"),
+        ("compiled model per month", f"${r['compiled_usd_per_month']:,.2f}"),
+        ("saving per month", f"${r['saving_usd_per_month']:,.2f}"),
+        ("compile cost (teacher calls)", f"${r['compile_usd']:,.4f}"),
+        ("break-even", be),
+    ]
+    if r["teacher_source"] == "gold":
+        rows.append(
+            (
+                "note",
+                "no teacher was measured: its cost is the gate's configured teacher_usd_per_1k",
+            )
+        )
+    click.echo(_table(rows, (f"roi {artifact}", "")))
 
 
 def _short(text: str, n: int) -> str:

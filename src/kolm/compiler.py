@@ -21,12 +21,14 @@ from kolm import __version__
 from kolm.artifact import BASE_PART, canonical_json, utc_now, write_artifact
 from kolm.basemodel import ResolvedBase, resolve
 from kolm.data import Example, load_examples, load_inputs, split_heldout, write_jsonl
-from kolm.errors import SpecError
-from kolm.evaluate import agreement, run_and_score
+from kolm.errors import GateError, SpecError
+from kolm.evaluate import agreement, run_and_score, task_metrics
 from kolm.keys import KeyStore
+from kolm.kscore import KInputs, gate, kscore
 from kolm.prompt import PromptFormat, format_from_gguf
+from kolm.report import write_reports
 from kolm.runtime import Decoding, Student, llama_cpp_version
-from kolm.spec import TaskSpec
+from kolm.spec import TaskSpec, TeacherConfig
 from kolm.verifier import Verifier, check_seeds, synthesize
 
 Log = Callable[[str], None]
@@ -50,6 +52,9 @@ class Prepared:
     labels: list[str]
     verifier: Verifier
 
+    def __post_init__(self):
+        self.seeds = list(self.train)  # the seed training split, before teacher labels join it
+
 
 @dataclass
 class CompileResult:
@@ -60,6 +65,7 @@ class CompileResult:
     artifact_id: str
     timings: dict[str, float] = field(default_factory=dict)
     cached_training: bool = False
+    report: Path | None = None
 
     @property
     def distill(self) -> dict | None:
@@ -94,26 +100,26 @@ def prepare(spec: TaskSpec) -> Prepared:
     return Prepared(spec, base, fmt, train, held, unlabeled, verifier.kind, labels, verifier)
 
 
-def run_distill(p: Prepared, cache_path: Path | None = None, progress: bool = True):
-    """Label the unlabeled inputs with the teacher (k samples, verified majority)."""
+def run_distill(
+    p: Prepared,
+    cache_path: Path | None = None,
+    progress: bool = True,
+    inputs: list[str] | None = None,
+    teacher: TeacherConfig | None = None,
+):
+    """Label inputs (default: the unlabeled pool); demos come from the seeds' training split."""
     import asyncio
 
     from kolm.cache import TeacherCache
     from kolm.distill import distill
 
-    assert p.spec.teacher is not None
+    teacher = teacher or p.spec.teacher
+    assert teacher is not None
+    pool = p.unlabeled if inputs is None else inputs
     cache = TeacherCache(cache_path)
     try:
         return asyncio.run(
-            distill(
-                p.unlabeled,
-                p.spec.description,
-                p.train,
-                p.verifier,
-                p.spec.teacher,
-                cache,
-                progress,
-            )
+            distill(pool, p.spec.description, p.seeds, p.verifier, teacher, cache, progress)
         )
     finally:
         cache.close()
@@ -149,7 +155,9 @@ def compile_task(
     progress: bool = True,
     log: Log = _stderr,
     cache_path: Path | None = None,
+    force: bool = False,
 ) -> CompileResult:
+    """Run every stage; below the gate, write only the report and raise GateError (unless force)."""
     timings: dict[str, float] = {}
     t = time.perf_counter()
     p = prepare(spec)
@@ -184,7 +192,9 @@ def compile_task(
 
     t = time.perf_counter()
     decoding = _decoding(p, train_info)
-    metrics = _evaluate_stage(p, work / "adapter.gguf", decoding, train_info, progress, log)
+    ev = _evaluate_stage(p, work / "adapter.gguf", decoding, train_info, progress, log)
+    teacher = _teacher_baseline(p, cache_path, progress, log)
+    metrics = _metrics(p, ev, teacher, train_info)
     timings["evaluate"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -192,9 +202,27 @@ def compile_task(
     manifest = _manifest(p, base_sha, embed_base, decoding, metrics, train_info)
     if report is not None:
         manifest["distill"] = report.summary()
+    size = sum(path.stat().st_size for path in parts.values()) + (0 if embed_base else p.base.size)
+    score, verdict = _score(p, metrics, size)
+    manifest["kscore"] = score.to_dict()
+    manifest["gate"] = {
+        "min_k": p.spec.gate.min_k,
+        "min_accuracy": p.spec.gate.min_accuracy,
+        **verdict.to_dict(),
+        "overridden": not verdict.passed and force,
+    }
+    manifest["economics"] = _economics(p, metrics, report, teacher)
+    details = {"heldout": ev["rows"], "latencies_s": ev["latencies_s"]}
+    report_path = write_reports(Path(out), manifest, details)
+    if not verdict.passed and not force:
+        raise GateError(
+            "not shipped: " + "; ".join(verdict.reasons),
+            hint=f"report: {report_path}; candidate files: {work}. "
+            "Improve the data or training, or pass --force to ship anyway (marked in the manifest).",
+        )
     manifest, art_id = write_artifact(out, parts, manifest, keys)
     timings["package"] = time.perf_counter() - t
-    return CompileResult(Path(out), manifest, art_id, timings, cached)
+    return CompileResult(Path(out), manifest, art_id, timings, cached, report_path)
 
 
 def _train_stage(p: Prepared, work: Path, progress: bool, log: Log) -> dict:
@@ -245,6 +273,7 @@ def _decoding(p: Prepared, train_info: dict) -> Decoding:
 def _evaluate_stage(
     p: Prepared, adapter: Path, decoding: Decoding, train_info: dict, progress: bool, log: Log
 ) -> dict:
+    """Student and untrained base through llama.cpp on the held-out inputs."""
     inputs = [e.input for e in p.heldout]
     gold = [e.output for e in p.heldout]
     log("kolm: evaluating student and untrained base on the held-out set (llama.cpp)")
@@ -256,13 +285,113 @@ def _evaluate_stage(
             scores[name] = run_and_score(model.answer, inputs, gold, desc=name, progress=progress)
         finally:
             model.close()
-    torch_out = train_info["torch_heldout_outputs"]
+    student = scores["student"]
+    checks = [p.verifier.check(o) for o in student.outputs]
+    rows = [
+        {
+            "input": e.input,
+            "expected": e.output,
+            "output": o,
+            "correct": c.normalized == p.verifier.check(e.output).normalized,
+            "verified": c.ok,
+            "failed_rule": c.failed,
+        }
+        for e, o, c in zip(p.heldout, student.outputs, checks, strict=True)
+    ]
+    return {"scores": scores, "rows": rows, "latencies_s": list(student.latencies_s)}
+
+
+def _teacher_baseline(p: Prepared, cache_path: Path | None, progress: bool, log: Log) -> dict:
+    """The teacher's own answers on the held-out inputs (one sample each, cached), or gold."""
+    from kolm.distill import price_of
+    from kolm.teacher import TeacherRef
+
+    g = p.spec.gate
+    if p.spec.teacher is None:
+        return {
+            "source": "gold",
+            "note": "no teacher configured: gold labels stand in for the teacher (accuracy 1.0); "
+            "latency and cost are gate.teacher_latency_s and gate.teacher_usd_per_1k",
+            "accuracy": 1.0,
+            "latency_s": g.teacher_latency_s,
+            "usd_per_call": g.teacher_usd_per_1k / 1000,
+            "outputs": None,
+        }
+    log("kolm: teacher baseline on the held-out inputs")
+    cfg = dataclasses.replace(p.spec.teacher, k=1, min_agreement=0.0)
+    rep = run_distill(p, cache_path, progress, inputs=[e.input for e in p.heldout], teacher=cfg)
+    outputs = [x.samples[0] if x.samples else "" for x in rep.items]
+    gold = [p.verifier.check(e.output).normalized for e in p.heldout]
+    correct = sum(p.verifier.check(o).normalized == g_ for o, g_ in zip(outputs, gold, strict=True))
+    lat = sorted(rep.latencies_s)
+    model = TeacherRef.parse(cfg.model).model
     return {
-        "heldout_examples": len(inputs),
-        "student": scores["student"].to_dict(),
-        "base": scores["base"].to_dict(),
-        "llamacpp_torch_agreement": round(agreement(scores["student"].outputs, torch_out), 4),
+        "source": "teacher",
+        "note": f"{rep.teacher}, one sample per held-out input",
+        "accuracy": correct / len(gold),
+        "latency_s": lat[len(lat) // 2] if lat else g.teacher_latency_s,
+        "usd_per_call": price_of(model, *rep.tokens_per_call, cfg.prices),
+        "usd_spent": rep.usd,
+        "outputs": outputs,
+    }
+
+
+def _metrics(p: Prepared, ev: dict, teacher: dict, train_info: dict) -> dict:
+    gold = [e.output for e in p.heldout]
+    student, base = ev["scores"]["student"], ev["scores"]["base"]
+    s_metrics = task_metrics(p.output_kind, student.outputs, gold, p.verifier)
+    s_metrics.update(
+        latency_p50_s=round(student.latency_p50_s, 4), latency_p95_s=round(student.latency_p95_s, 4)
+    )
+    b_metrics = task_metrics(p.output_kind, base.outputs, gold, p.verifier)
+    b_metrics.update(
+        latency_p50_s=round(base.latency_p50_s, 4), latency_p95_s=round(base.latency_p95_s, 4)
+    )
+    teacher_out = teacher.pop("outputs")
+    agree = None
+    if teacher_out is not None:
+        agree = agreement(
+            [p.verifier.check(o).normalized for o in student.outputs],
+            [p.verifier.check(o).normalized for o in teacher_out],
+        )
+    return {
+        "heldout_examples": len(gold),
+        "student": s_metrics,
+        "base": b_metrics,
+        "teacher": {k: (round(v, 6) if isinstance(v, float) else v) for k, v in teacher.items()},
+        "student_teacher_agreement": None if agree is None else round(agree, 4),
+        "llamacpp_torch_agreement": round(
+            agreement(student.outputs, train_info["torch_heldout_outputs"]), 4
+        ),
         "train": {k: v for k, v in train_info.items() if k != "torch_heldout_outputs"},
+    }
+
+
+def _score(p: Prepared, metrics: dict, size: int):
+    s, t = metrics["student"], metrics["teacher"]
+    inputs = KInputs(
+        student_accuracy=s["accuracy"],
+        teacher_accuracy=t["accuracy"],
+        size_bytes=size,
+        student_latency_s=s["latency_p50_s"],
+        teacher_latency_s=t["latency_s"],
+        student_usd_per_call=p.spec.gate.hardware_usd_per_hour * s["latency_p50_s"] / 3600,
+        teacher_usd_per_call=t["usd_per_call"],
+        coverage=s["verifier_pass_rate"],
+    )
+    score = kscore(inputs)
+    return score, gate(score, p.spec.gate.min_k, p.spec.gate.min_accuracy)
+
+
+def _economics(p: Prepared, metrics: dict, report, teacher: dict) -> dict:
+    compile_usd = (report.usd if report else 0.0) + teacher.get("usd_spent", 0.0)
+    student_call = p.spec.gate.hardware_usd_per_hour * metrics["student"]["latency_p50_s"] / 3600
+    return {
+        "teacher_usd_per_call": metrics["teacher"]["usd_per_call"],
+        "student_usd_per_call": round(student_call, 9),
+        "compile_usd": round(compile_usd, 6),
+        "hardware_usd_per_hour": p.spec.gate.hardware_usd_per_hour,
+        "teacher_source": metrics["teacher"]["source"],
     }
 
 
@@ -323,7 +452,6 @@ def _manifest(
         },
         "decoding": decoding.to_dict(),
         "metrics": metrics,
-        "gate": p.spec.gate,
         "versions": versions(),
     }
 

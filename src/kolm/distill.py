@@ -11,6 +11,7 @@ preference pairs. Knows the labeling loop; not how teachers talk or how models t
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -103,6 +104,10 @@ class DistillReport:
     rejected_by_rule: dict[str, int] = field(default_factory=dict)
     teacher: str = ""
     k: int = 0
+    latencies_s: list[float] = field(default_factory=list)
+    """Per-call latency of every answer (from the cache for cached ones, when recorded)."""
+    tokens_per_call: tuple[float, float] = (0.0, 0.0)
+    """Mean (prompt, completion) tokens per answer, cached ones included."""
 
     @property
     def accepted(self) -> list[Labeled]:
@@ -215,6 +220,15 @@ async def distill(
     sem = asyncio.Semaphore(cfg.concurrency)
     bar = tqdm(total=len(inputs) * cfg.k, desc="label", unit="sample", disable=not progress)
 
+    seen_tokens = [0, 0, 0]
+
+    def _account(prompt: int, completion: int, latency_ms: float | None) -> None:
+        seen_tokens[0] += prompt
+        seen_tokens[1] += completion
+        seen_tokens[2] += 1
+        if latency_ms is not None:
+            report.latencies_s.append(latency_ms / 1000)
+
     # A model name only means something at its endpoint: two servers, two caches.
     model_id = f"{ref.model}@{ref.base_url}" if ref.base_url else ref.model
 
@@ -224,20 +238,24 @@ async def distill(
         hit = cache.get(key)
         if hit is not None:
             report.cache_hits += 1
+            _account(hit.prompt_tokens, hit.completion_tokens, hit.latency_ms)
             bar.update(1)
             return hit.text
         async with sem:
             if not budget.reserve():
                 bar.update(1)
                 return None
+            t0 = time.perf_counter()
             c: Completion = await complete_with_retries(backend, request, sample, settings)
+            latency_ms = (time.perf_counter() - t0) * 1000
+        _account(c.prompt_tokens, c.completion_tokens, latency_ms)
         cache.put(
             key,
             ref.provider,
             model_id,
             sample,
             request.to_dict(),
-            Cached(c.text, c.prompt_tokens, c.completion_tokens),
+            Cached(c.text, c.prompt_tokens, c.completion_tokens, latency_ms),
         )
         report.calls += 1
         report.prompt_tokens += c.prompt_tokens
@@ -269,6 +287,8 @@ async def distill(
             )
         report.items.append(item)
     report.budget_stopped = budget.stopped
+    if seen_tokens[2]:
+        report.tokens_per_call = (seen_tokens[0] / seen_tokens[2], seen_tokens[1] / seen_tokens[2])
     return report
 
 

@@ -68,3 +68,9 @@ class TeacherError(KolmError):
     """The teacher cannot be used (bad name, missing key, refused request, down)."""
 
     exit_code = 7
+
+
+class GateError(KolmError):
+    """The compiled model scored below the ship gate; no artifact was written."""
+
+    exit_code = 8

@@ -24,6 +24,7 @@ class Scored:
     total: int
     latency_p50_s: float
     latency_p95_s: float
+    latencies_s: tuple[float, ...] = ()
 
     def to_dict(self) -> dict:
         return {
@@ -74,4 +75,85 @@ def run_and_score(
         total=len(inputs),
         latency_p50_s=percentile(lat, 50),
         latency_p95_s=percentile(lat, 95),
+        latencies_s=tuple(lat),
     )
+
+
+def task_metrics(kind: str, outputs: Sequence[str], expected: Sequence[str], verifier) -> dict:
+    """Metrics chosen by output kind, plus the verifier pass rate for every kind."""
+    checks = [verifier.check(o) for o in outputs]
+    gold = [verifier.check(e).normalized for e in expected]
+    got = [c.normalized for c in checks]
+    n = len(outputs) or 1
+    out: dict = {
+        "n": len(outputs),
+        "verifier_pass_rate": round(sum(c.ok for c in checks) / n, 4),
+        "exact_match": round(
+            sum(o.strip() == e.strip() for o, e in zip(outputs, expected, strict=True)) / n, 4
+        ),
+        "accuracy": round(sum(g == x for g, x in zip(got, gold, strict=True)) / n, 4),
+    }
+    if kind == "label":
+        out.update(label_metrics(got, gold, list(verifier.labels)))
+    elif kind == "json":
+        out["schema_valid_rate"] = out["verifier_pass_rate"]
+        out["field_accuracy"] = field_accuracy(got, gold)
+    else:
+        out["normalized_match"] = round(
+            sum(normalize(o) == normalize(e) for o, e in zip(outputs, expected, strict=True)) / n, 4
+        )
+    return out
+
+
+def label_metrics(got: Sequence[str], gold: Sequence[str], labels: list[str]) -> dict:
+    """Macro-F1, a per-class table and the confusion matrix (rows: expected, cols: predicted)."""
+    classes = sorted(set(labels) | set(gold))
+    other = "(other)"
+    cols = classes + ([other] if any(g not in classes for g in got) else [])
+    index = {c: i for i, c in enumerate(cols)}
+    matrix = [[0] * len(cols) for _ in classes]
+    for g, e in zip(got, gold, strict=True):
+        matrix[classes.index(e)][index.get(g, index.get(other, 0))] += 1
+    per_class = {}
+    for i, c in enumerate(classes):
+        tp = matrix[i][i]
+        predicted = sum(row[i] for row in matrix)
+        support = sum(matrix[i])
+        p = tp / predicted if predicted else 0.0
+        r = tp / support if support else 0.0
+        f1 = 2 * p * r / (p + r) if p + r else 0.0
+        per_class[c] = {
+            "precision": round(p, 4),
+            "recall": round(r, 4),
+            "f1": round(f1, 4),
+            "support": support,
+        }
+    present = [c for c in classes if per_class[c]["support"]]
+    macro = sum(per_class[c]["f1"] for c in present) / len(present) if present else 0.0
+    return {
+        "macro_f1": round(macro, 4),
+        "per_class": per_class,
+        "confusion": {"labels": cols, "rows": classes, "matrix": matrix},
+    }
+
+
+def field_accuracy(got: Sequence[str], gold: Sequence[str]) -> dict[str, float]:
+    """Share of examples whose output has each expected top-level field right."""
+    import json
+
+    hits: dict[str, list[bool]] = {}
+    for g, e in zip(got, gold, strict=True):
+        try:
+            expected = json.loads(e)
+        except ValueError:
+            continue
+        try:
+            value = json.loads(g)
+        except ValueError:
+            value = None
+        if not isinstance(expected, dict):
+            continue
+        for key, want in expected.items():
+            ok = isinstance(value, dict) and value.get(key) == want
+            hits.setdefault(key, []).append(ok)
+    return {k: round(sum(v) / len(v), 4) for k, v in sorted(hits.items())}

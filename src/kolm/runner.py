@@ -43,3 +43,31 @@ def load_verifier(art: Artifact) -> Verifier | None:
     if "verifier.json" not in art.manifest["parts"]:
         return None
     return Verifier.from_dict(art.read_json("verifier.json"))
+
+
+def eval_artifact(path: Path, data: Path, base: Path | None = None, progress: bool = True) -> dict:
+    """Score an artifact on new labeled data with the metrics compile uses."""
+    from kolm.data import load_examples
+    from kolm.evaluate import run_and_score, task_metrics
+    from kolm.verifier import synthesize
+
+    examples = load_examples(data)
+    art, student = load_student(path, base=base)
+    verifier = load_verifier(art) or synthesize([e.output for e in examples])
+    try:
+        scored = run_and_score(
+            student.answer,
+            [e.input for e in examples],
+            [e.output for e in examples],
+            desc="eval",
+            progress=progress,
+        )
+    finally:
+        student.close()
+    metrics = task_metrics(verifier.kind, scored.outputs, [e.output for e in examples], verifier)
+    metrics.update(
+        latency_p50_s=round(scored.latency_p50_s, 4), latency_p95_s=round(scored.latency_p95_s, 4)
+    )
+    metrics["artifact"] = art.id
+    metrics["outputs"] = scored.outputs
+    return metrics

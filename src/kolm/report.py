@@ -1,0 +1,277 @@
+"""Reports: a self-contained HTML page and a Markdown twin for a compile.
+
+Built from the manifest (signed numbers) plus the held-out rows and latencies.
+Plots are drawn with matplotlib (imported only here) and embedded as PNG data
+URIs, so the page needs no network. Knows presentation, not measurement.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+from kolm.kscore import NAMES, WEIGHTS
+
+MAX_ERRORS = 15
+
+
+def write_reports(artifact: Path, manifest: dict, details: dict) -> Path:
+    """Write `<artifact>.report.html` and `.report.md`; return the HTML path."""
+    stem = artifact.with_name(artifact.name.removesuffix(".kolm"))
+    html_path = stem.with_name(stem.name + ".report.html")
+    md_path = stem.with_name(stem.name + ".report.md")
+    sections = _sections(manifest, details)
+    plots = _plots(manifest, details)
+    html_path.write_text(_html(manifest, sections, plots), encoding="utf-8")
+    md_path.write_text(_markdown(manifest, sections), encoding="utf-8")
+    return html_path
+
+
+def verdict(manifest: dict) -> str:
+    g = manifest["gate"]
+    if g["passed"]:
+        return "PASSED"
+    return "OVERRIDDEN (--force)" if g.get("overridden") else "BLOCKED"
+
+
+def break_even_calls(econ: dict) -> float | None:
+    saving = econ["teacher_usd_per_call"] - econ["student_usd_per_call"]
+    if saving <= 0:
+        return None
+    return econ["compile_usd"] / saving
+
+
+def _sections(m: dict, details: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) tables shared by both formats."""
+    k = m["kscore"]
+    inp = k["inputs"]
+    raw = {
+        "A": f"student {inp['student_accuracy']:.1%} / teacher {inp['teacher_accuracy']:.1%}",
+        "S": f"{inp['size_bytes'] / 1e6:.1f} MB of a 3 GiB reference",
+        "L": f"teacher {inp['teacher_latency_s'] * 1000:.0f} ms / student p50 {inp['student_latency_s'] * 1000:.0f} ms",
+        "C": f"student ${inp['student_usd_per_call'] * 1000:.4f} / teacher ${inp['teacher_usd_per_call'] * 1000:.4f} per 1k calls",
+        "V": f"{inp['coverage']:.1%} of student outputs pass the verifier",
+    }
+    comp = k["components"]
+    ktable = [
+        [
+            f"{c} ({NAMES[c]})",
+            f"{comp[c]:.3f}",
+            f"{WEIGHTS[c]:.2f}",
+            f"{WEIGHTS[c] * comp[c]:.3f}",
+            raw[c],
+        ]
+        for c in WEIGHTS
+    ]
+    ktable.append(["K", f"{k['K']:.3f}", "", f"gate {m['gate']['min_k']:.2f}", verdict(m)])
+    met = m["metrics"]
+    who = [("student", met["student"]), ("untrained base", met["base"])]
+    rows = []
+    for name, s in who:
+        rows.append(
+            [
+                name,
+                _pct(s["accuracy"]),
+                _pct(s.get("macro_f1")),
+                _pct(s["verifier_pass_rate"]),
+                f"{s['latency_p50_s'] * 1000:.0f} / {s['latency_p95_s'] * 1000:.0f} ms",
+            ]
+        )
+    t = met["teacher"]
+    rows.append(
+        [f"teacher ({t['source']})", _pct(t["accuracy"]), "", "", f"{t['latency_s'] * 1000:.0f} ms"]
+    )
+    extra = [
+        ["student / teacher agreement", _pct(met.get("student_teacher_agreement"))],
+        ["llama.cpp / PyTorch agreement", _pct(met["llamacpp_torch_agreement"])],
+        ["held-out examples", str(met["heldout_examples"])],
+        ["teacher baseline", t["note"]],
+    ]
+    econ = m["economics"]
+    be = break_even_calls(econ)
+    cost = [
+        ["teacher cost per 1k calls", f"${econ['teacher_usd_per_call'] * 1000:.4f}"],
+        [
+            "student cost per 1k calls",
+            f"${econ['student_usd_per_call'] * 1000:.4f} (hardware ${econ['hardware_usd_per_hour']}/h)",
+        ],
+        ["compile cost (teacher calls)", f"${econ['compile_usd']:.4f}"],
+        [
+            "break-even",
+            "immediately"
+            if be == 0
+            else (f"after {be:,.0f} calls" if be else "never (student is not cheaper)"),
+        ],
+    ]
+    sections = [
+        ("K-score", ["component", "value", "weight", "contribution", "from"], ktable),
+        (
+            "Metrics on the held-out set",
+            ["model", "accuracy", "macro-F1", "verifier pass", "latency p50 / p95"],
+            rows,
+        ),
+        ("Fidelity", ["measure", "value"], extra),
+        ("Cost", ["measure", "value"], cost),
+    ]
+    per_class = met["student"].get("per_class")
+    if per_class:
+        sections.append(
+            (
+                "Per class (student)",
+                ["label", "precision", "recall", "F1", "support"],
+                [
+                    [c, _pct(v["precision"]), _pct(v["recall"]), _pct(v["f1"]), str(v["support"])]
+                    for c, v in per_class.items()
+                ],
+            )
+        )
+    fields = met["student"].get("field_accuracy")
+    if fields:
+        sections.append(
+            (
+                "Per field (student)",
+                ["field", "accuracy"],
+                [[f, _pct(v)] for f, v in fields.items()],
+            )
+        )
+    errors = [r for r in details["heldout"] if not r["correct"]][:MAX_ERRORS]
+    sections.append(
+        (
+            "Worst errors",
+            ["input", "expected", "student", "verifier"],
+            [
+                [
+                    r["input"],
+                    r["expected"],
+                    r["output"],
+                    "pass" if r["verified"] else str(r["failed_rule"]),
+                ]
+                for r in errors
+            ],
+        )
+    )
+    if "distill" in m:
+        d = m["distill"]
+        sections.append(("Distill", ["measure", "value"], [[k_, str(v)] for k_, v in d.items()]))
+    return sections
+
+
+def _pct(x) -> str:
+    return "" if x is None else f"{x:.1%}"
+
+
+def _plots(m: dict, details: dict) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots = []
+    comp = m["kscore"]["components"]
+    fig, ax = plt.subplots(figsize=(6, 2.6))
+    ax.barh([f"{c} {NAMES[c]}" for c in WEIGHTS], [comp[c] for c in WEIGHTS], color="#4c78a8")
+    ax.set_xlim(0, 1)
+    ax.set_title(f"K-score components (K = {m['kscore']['K']:.3f})")
+    plots.append(("K-score components", _png(fig, plt)))
+    conf = m["metrics"]["student"].get("confusion")
+    if conf:
+        n = len(conf["labels"])
+        fig, ax = plt.subplots(figsize=(max(4.0, 1.6 + 0.55 * n), 1.2 + 0.5 * len(conf["rows"])))
+        ax.imshow(conf["matrix"], cmap="Blues")
+        ax.set_xticks(range(n), conf["labels"], rotation=45, ha="right")
+        ax.set_yticks(range(len(conf["rows"])), conf["rows"])
+        for i, row in enumerate(conf["matrix"]):
+            for j, v in enumerate(row):
+                if v:
+                    ax.text(j, i, str(v), ha="center", va="center", fontsize=8)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("expected")
+        ax.set_title("Confusion (held-out)")
+        plots.append(("Confusion matrix", _png(fig, plt)))
+    fields = m["metrics"]["student"].get("field_accuracy")
+    if fields:
+        fig, ax = plt.subplots(figsize=(6, 0.8 + 0.35 * len(fields)))
+        ax.barh(list(fields), list(fields.values()), color="#54a24b")
+        ax.set_xlim(0, 1)
+        ax.set_title("Per-field accuracy (student)")
+        plots.append(("Per-field accuracy", _png(fig, plt)))
+    lat = [x * 1000 for x in details.get("latencies_s", [])]
+    if lat:
+        fig, ax = plt.subplots(figsize=(6, 2.6))
+        ax.hist(lat, bins=min(30, max(5, len(lat) // 3)), color="#f58518")
+        ax.set_xlabel("ms per answer (llama.cpp, after warm-up)")
+        ax.set_title("Student latency")
+        plots.append(("Latency histogram", _png(fig, plt)))
+    return plots
+
+
+def _png(fig, plt) -> str:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _html(m: dict, sections, plots) -> str:
+    esc = html.escape
+    out = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>kolm report: {esc(m['task']['name'])}</title>",
+        "<style>body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;"
+        "text-align:left;vertical-align:top}th{background:#f3f3f3}.k{font-size:2em;font-weight:bold}</style>",
+        "</head><body>",
+        f"<h1>{esc(m['task']['name'])}</h1>",
+        f"<p class='k' id='kscore'>K = {m['kscore']['K']:.3f} &mdash; {esc(verdict(m))}</p>",
+        f"<p>{esc(m['task']['description'])}</p>",
+        f"<p>Base {esc(m['base']['name'])}; created {esc(m['created_at'])}; kolm {esc(m['versions']['kolm'])}.</p>",
+    ]
+    for reason in m["gate"]["reasons"]:
+        out.append(f"<p><strong>Gate:</strong> {esc(reason)}</p>")
+    for title, header, rows in sections:
+        out.append(
+            f"<h2>{esc(title)}</h2><table><tr>"
+            + "".join(f"<th>{esc(h)}</th>" for h in header)
+            + "</tr>"
+        )
+        out += ["<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in r) + "</tr>" for r in rows]
+        out.append("</table>")
+    for title, data in plots:
+        out.append(
+            f"<h2>{esc(title)}</h2><img alt='{esc(title)}' src='data:image/png;base64,{data}'>"
+        )
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def _markdown(m: dict, sections) -> str:
+    out = [
+        f"# {m['task']['name']}",
+        "",
+        f"**K = {m['kscore']['K']:.3f} — {verdict(m)}**",
+        "",
+        m["task"]["description"],
+        "",
+    ]
+    out += [f"- Gate: {r}" for r in m["gate"]["reasons"]]
+    for title, header, rows in sections:
+        out += [
+            "",
+            f"## {title}",
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + " --- |" * len(header),
+        ]
+        out += [
+            "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in r) + " |"
+            for r in rows
+        ]
+    out += [
+        "",
+        "Plots (confusion matrix, latency histogram, per-field bars) are in the HTML report.",
+        "",
+    ]
+    return "\n".join(out)
