@@ -40,9 +40,12 @@ def main() -> None:
     verifier = synthesize([e.output for e in examples])
     url, server = _serve_in_child(truth, args.latency)
     import openai  # noqa: F401  (import cost is not labeling throughput)
+
     os.environ.setdefault("KOLM_OPENAI_COMPATIBLE_API_KEY", "benchmark")
     print(f"latency {args.latency * 1000:.0f} ms, k={args.k}, machine: {os.cpu_count()} cores")
-    print(f"{'concurrency':>11} {'requests':>8} {'seconds':>8} {'samples/s':>9} {'limit c/lat':>11} {'ratio':>6}")
+    print(
+        f"{'concurrency':>11} {'requests':>8} {'seconds':>8} {'samples/s':>9} {'limit c/lat':>11} {'ratio':>6}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for c in (int(x) for x in args.concurrency.split(",")):
             n_inputs = max(1, args.waves * c // args.k)
@@ -50,11 +53,23 @@ def main() -> None:
             cfg = TeacherConfig(model=f"openai-compatible:oracle@{url}/v1", k=args.k, concurrency=c)
             cache = TeacherCache(Path(tmp) / f"c{c}.sqlite")
             t0 = time.perf_counter()
-            report = asyncio.run(distill(inputs, "Route the ticket.", examples[200:], verifier, cfg, cache, progress=False))
+            report = asyncio.run(
+                distill(
+                    inputs,
+                    "Route the ticket.",
+                    examples[200:],
+                    verifier,
+                    cfg,
+                    cache,
+                    progress=False,
+                )
+            )
             secs = time.perf_counter() - t0
             rate = report.calls / secs
             limit = c / args.latency
-            print(f"{c:>11} {report.calls:>8} {secs:>8.2f} {rate:>9.1f} {limit:>11.1f} {rate / limit:>6.2f}")
+            print(
+                f"{c:>11} {report.calls:>8} {secs:>8.2f} {rate:>9.1f} {limit:>11.1f} {rate / limit:>6.2f}"
+            )
     server.terminate()
 
 

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from kolm.compiler import compile_task
+from kolm.spec import load_spec
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -39,3 +42,29 @@ def run_cli(
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+@pytest.fixture(scope="session")
+def compiled(tmp_path_factory):
+    """One real compile of the toy task on the bundled SmolLM2, shared by the session."""
+    import time
+
+    from .toy import write_toy_task
+
+    root = tmp_path_factory.mktemp("pipeline")
+    home = root / "home"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("KOLM_HOME", str(home))
+    spec = load_spec(write_toy_task(root / "task"))
+    out = root / "toy.kolm"
+    t0 = time.perf_counter()
+    result = compile_task(spec, out, progress=False, log=lambda m: None)
+    first = time.perf_counter() - t0
+    yield {"root": root, "home": home, "spec": spec, "out": out, "result": result, "seconds": first}
+    mp.undo()
+
+
+@pytest.fixture
+def env(compiled, monkeypatch):
+    monkeypatch.setenv("KOLM_HOME", str(compiled["home"]))
+    return {"KOLM_HOME": str(compiled["home"])}

@@ -13,7 +13,9 @@ def test_a_version_1_cache_is_migrated_and_keeps_its_answers(tmp_path):
     path = tmp_path / "old.sqlite"
     db = sqlite3.connect(path)
     db.executescript(f"BEGIN; {MIGRATIONS[0]} PRAGMA user_version=1; COMMIT;")
-    db.execute("INSERT INTO responses VALUES ('k1','openai','m',0,'{}','billing',10,2,'2025-01-01T00:00:00Z')")
+    db.execute(
+        "INSERT INTO responses VALUES ('k1','openai','m',0,'{}','billing',10,2,'2025-01-01T00:00:00Z')"
+    )
     db.commit()
     db.close()
     cache = TeacherCache(path)

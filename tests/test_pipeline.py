@@ -17,10 +17,9 @@ import pytest
 from kolm.artifact import open_artifact
 from kolm.compiler import compile_task
 from kolm.errors import ArtifactError, GateError
-from kolm.spec import GateConfig, load_spec
+from kolm.spec import GateConfig
 
 from .conftest import run_cli
-from .toy import write_toy_task
 
 EXPECTED_PARTS = {
     "manifest.json",
@@ -32,27 +31,6 @@ EXPECTED_PARTS = {
     "config.json",
     "verifier.json",
 }
-
-
-@pytest.fixture(scope="module")
-def compiled(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipeline")
-    home = root / "home"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("KOLM_HOME", str(home))
-    spec = load_spec(write_toy_task(root / "task"))
-    out = root / "toy.kolm"
-    t0 = time.perf_counter()
-    result = compile_task(spec, out, progress=False, log=lambda m: None)
-    first = time.perf_counter() - t0
-    yield {"root": root, "home": home, "spec": spec, "out": out, "result": result, "seconds": first}
-    mp.undo()
-
-
-@pytest.fixture
-def env(compiled, monkeypatch):
-    monkeypatch.setenv("KOLM_HOME", str(compiled["home"]))
-    return {"KOLM_HOME": str(compiled["home"])}
 
 
 def test_artifact_holds_exactly_the_expected_parts(compiled, env):

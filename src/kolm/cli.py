@@ -62,6 +62,12 @@ def cli() -> None:
     help="Teacher cache file (default: in the kolm cache dir).",
 )
 @click.option("--force", is_flag=True, help="Ship even below the gate (marked in the manifest).")
+@click.option(
+    "--drift",
+    "drift_path",
+    type=click.Path(exists=True, path_type=Path),
+    help="A drift file whose inputs the teacher labels too.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def compile_cmd(
     spec: Path,
@@ -72,6 +78,7 @@ def compile_cmd(
     teacher: str | None,
     cache_path: Path | None,
     force: bool,
+    drift_path: Path | None,
     quiet: bool,
 ) -> None:
     """Compile the task in SPEC (a kolm.yaml) into a signed .kolm file.
@@ -90,6 +97,7 @@ def compile_cmd(
         progress=not quiet,
         cache_path=cache_path,
         force=force,
+        extra_inputs=_drift_inputs(drift_path),
     )
     _print_compile_summary(result)
 
@@ -126,6 +134,14 @@ def label_cmd(
     click.echo(
         _table(_distill_rows(report.summary()) + [("written", str(out))], ("label summary", ""))
     )
+
+
+def _drift_inputs(path: Path | None) -> list[str]:
+    if path is None:
+        return []
+    from kolm.drift import DriftStore
+
+    return DriftStore(path).inputs()
 
 
 def _load_task(
@@ -222,6 +238,32 @@ def _print_compile_summary(result) -> None:
     help="Base GGUF for an artifact built with --no-embed-base.",
 )
 @click.option("--threads", type=int, help="llama.cpp threads (default: recorded in the artifact).")
+@click.option(
+    "--receipts",
+    "receipts_path",
+    type=click.Path(path_type=Path),
+    help="Receipts file (default: $KOLM_HOME/receipts.sqlite).",
+)
+@click.option(
+    "--no-store-io", is_flag=True, help="Keep only hashes of inputs and outputs in receipts."
+)
+@click.option(
+    "--drift",
+    "drift_path",
+    type=click.Path(path_type=Path),
+    help="Drift file (default: $KOLM_HOME/drift.sqlite).",
+)
+@click.option(
+    "--min-confidence",
+    type=float,
+    default=0.3,
+    show_default=True,
+    help="Answers with a smaller top-token margin count as drift.",
+)
+@click.option(
+    "--fallback",
+    help="Teacher (provider:model) that answers drifting inputs instead. Off by default: the only network use of run.",
+)
 def run_cmd(
     artifact: Path,
     text: str | None,
@@ -229,37 +271,279 @@ def run_cmd(
     as_json: bool,
     base: Path | None,
     threads: int | None,
+    receipts_path: Path | None,
+    no_store_io: bool,
+    drift_path: Path | None,
+    min_confidence: float,
+    fallback: str | None,
 ) -> None:
-    """Answer TEXT (or every input in --input) with the model in ARTIFACT."""
+    """Answer TEXT (or every input in --input) with the model in ARTIFACT; write a receipt per answer."""
     from tqdm.auto import tqdm
 
     from kolm.data import load_inputs
-    from kolm.runner import load_student, load_verifier
+    from kolm.drift import DriftStore
+    from kolm.receipts import ReceiptStore
+    from kolm.runner import Runner
 
     if (text is None) == (input_file is None):
         raise click.UsageError("give either TEXT or --input FILE")
     inputs = [text] if text is not None else load_inputs(input_file)
-    art, student = load_student(artifact, base=base, threads=threads)
-    verifier = load_verifier(art)
+    runner = Runner(
+        artifact,
+        base=base,
+        threads=threads,
+        receipts=ReceiptStore(receipts_path, store_io=not no_store_io),
+        drift=DriftStore(drift_path),
+        fallback=fallback,
+        min_confidence=min_confidence,
+    )
     batch = input_file is not None
     try:
         for item in tqdm(inputs, desc="run", unit="input", disable=not batch, file=sys.stderr):
-            ans = student.answer(item)
-            if not (as_json or batch):
-                click.echo(ans.output)
-                continue
-            row = {
-                "input": item,
-                "output": ans.output,
-                "latency_s": round(ans.latency_s, 4),
-                "artifact": art.id[:16],
-            }
-            if verifier is not None:
-                check = verifier.check(ans.output)
-                row.update(verified=check.ok, failed_rule=check.failed)
-            click.echo(json.dumps(row, ensure_ascii=False))
+            r = runner(item)
+            if as_json or batch:
+                click.echo(
+                    json.dumps(
+                        {
+                            "input": r.input,
+                            "output": r.output,
+                            "path": r.path,
+                            "verified": r.verified,
+                            "failed_rule": r.failed_rule,
+                            "confidence": r.confidence,
+                            "latency_s": round(r.latency_s, 4),
+                            "receipt": r.receipt,
+                            "drift": r.drift,
+                            "artifact": runner.artifact.id[:16],
+                        },
+                        ensure_ascii=False,
+                    )
+                )
+            else:
+                click.echo(r.output)
     finally:
-        student.close()
+        runner.close()
+
+
+@cli.command("serve")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Anything but loopback requires --api-key.",
+)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option(
+    "--api-key",
+    envvar="KOLM_SERVE_API_KEY",
+    help="Require 'Authorization: Bearer KEY' (env KOLM_SERVE_API_KEY).",
+)
+@click.option("--model-name", help="Model id clients ask for (default: the task name).")
+@click.option(
+    "--queue",
+    "queue_size",
+    type=int,
+    default=64,
+    show_default=True,
+    help="Requests waiting at most; more get 503.",
+)
+@click.option(
+    "--base",
+    type=click.Path(path_type=Path),
+    help="Base GGUF for an artifact built with --no-embed-base.",
+)
+@click.option("--threads", type=int, help="llama.cpp threads.")
+@click.option("--receipts", "receipts_path", type=click.Path(path_type=Path), help="Receipts file.")
+@click.option(
+    "--no-store-io", is_flag=True, help="Keep only hashes of inputs and outputs in receipts."
+)
+@click.option("--drift", "drift_path", type=click.Path(path_type=Path), help="Drift file.")
+@click.option("--min-confidence", type=float, default=0.3, show_default=True)
+@click.option("--fallback", help="Teacher (provider:model) for drifting inputs; off by default.")
+def serve_cmd(
+    artifact: Path,
+    host: str,
+    port: int,
+    api_key: str | None,
+    model_name: str | None,
+    queue_size: int,
+    base: Path | None,
+    threads: int | None,
+    receipts_path: Path | None,
+    no_store_io: bool,
+    drift_path: Path | None,
+    min_confidence: float,
+    fallback: str | None,
+) -> None:
+    """Serve ARTIFACT over an OpenAI-compatible HTTP API, with a receipt per request."""
+    import uvicorn
+
+    from kolm.drift import DriftStore
+    from kolm.receipts import ReceiptStore
+    from kolm.runner import Runner
+    from kolm.serve import LOOPBACK, Worker, make_app
+
+    if host not in LOOPBACK and not api_key:
+        raise click.UsageError(
+            f"binding to {host} exposes the model beyond this machine: set --api-key"
+        )
+    runner = Runner(
+        artifact,
+        base=base,
+        threads=threads,
+        receipts=ReceiptStore(receipts_path, store_io=not no_store_io),
+        drift=DriftStore(drift_path),
+        fallback=fallback,
+        min_confidence=min_confidence,
+    )
+    name = model_name or runner.artifact.manifest["task"]["name"]
+    worker = Worker(runner, queue_size)
+    click.echo(
+        f"kolm: serving {name} ({runner.artifact.id[:16]}) on http://{host}:{port}/v1", err=True
+    )
+    try:
+        uvicorn.run(make_app(worker, name, api_key), host=host, port=port, log_level="warning")
+    finally:
+        worker.close()
+
+
+@cli.group("receipts")
+def receipts_group() -> None:
+    """List, show, export and verify the hash-chained receipts of every answer."""
+
+
+def _store(path: Path | None):
+    from kolm.receipts import ReceiptStore
+
+    return ReceiptStore(path)
+
+
+_receipts_opt = click.option(
+    "--receipts", "receipts_path", type=click.Path(path_type=Path), help="Receipts file."
+)
+
+
+@receipts_group.command("list")
+@_receipts_opt
+@click.option("--limit", type=int, default=20, show_default=True)
+def receipts_list(receipts_path: Path | None, limit: int) -> None:
+    """Newest receipts first."""
+    for r in _store(receipts_path).list(limit):
+        click.echo(
+            f"{r.seq:>6}  {r.id[:16]}  {r.created_at}  {r.path:<10} {r.latency_ms:>8.1f} ms  "
+            f"{'' if r.output is None else _short(r.output, 40)}"
+        )
+
+
+@receipts_group.command("show")
+@click.argument("receipt")
+@_receipts_opt
+def receipts_show(receipt: str, receipts_path: Path | None) -> None:
+    """Print one receipt (by id, id prefix or sequence number) as JSON."""
+    click.echo(
+        json.dumps(_store(receipts_path).get(receipt).to_dict(), indent=1, ensure_ascii=False)
+    )
+
+
+@receipts_group.command("export")
+@click.argument("out", type=click.Path(path_type=Path))
+@_receipts_opt
+def receipts_export(out: Path, receipts_path: Path | None) -> None:
+    """Write every receipt to OUT as JSONL, oldest first."""
+    click.echo(f"exported {_store(receipts_path).export(out)} receipts to {out}")
+
+
+@receipts_group.command("verify")
+@_receipts_opt
+@click.option(
+    "--checkpoint",
+    type=click.Path(exists=True, path_type=Path),
+    help="A checkpoint from `kolm receipts anchor`, kept elsewhere.",
+)
+def receipts_verify(receipts_path: Path | None, checkpoint: Path | None) -> None:
+    """Walk the chain; report the first broken link. Exit 9 when broken."""
+    from kolm.errors import ReceiptError
+
+    report = _store(receipts_path).verify(checkpoint.read_text() if checkpoint else None)
+    if not report.ok:
+        raise ReceiptError(f"receipts chain broken at {report.first_broken}: {report.problem}")
+    click.echo(
+        f"OK: {report.count} receipts, chain intact"
+        + (", checkpoint matches" if checkpoint else "")
+    )
+
+
+@receipts_group.command("anchor")
+@_receipts_opt
+def receipts_anchor(receipts_path: Path | None) -> None:
+    """Sign the chain head now and print the checkpoint: store it somewhere else."""
+    click.echo(_store(receipts_path).anchor(), nl=False)
+
+
+@cli.command("replay")
+@click.argument("receipt")
+@_receipts_opt
+@click.option(
+    "--artifact",
+    type=click.Path(path_type=Path),
+    help="The artifact, if it moved since the receipt.",
+)
+@click.option("--input", "text", help="The input, for receipts written with --no-store-io.")
+@click.option(
+    "--base",
+    type=click.Path(path_type=Path),
+    help="Base GGUF for an artifact built with --no-embed-base.",
+)
+def replay_cmd(
+    receipt: str,
+    receipts_path: Path | None,
+    artifact: Path | None,
+    text: str | None,
+    base: Path | None,
+) -> None:
+    """Re-run RECEIPT's input with its recorded settings; exit 10 if the output differs."""
+    from kolm.runner import replay
+
+    r = replay(receipt, _store(receipts_path), artifact=artifact, text=text, base=base)
+    if r.build_differs:
+        click.secho(
+            f"note: llama.cpp {r.current_build} differs from the recorded {r.recorded_build}; "
+            "outputs may differ in the last bits",
+            fg="yellow",
+            err=True,
+        )
+    if r.reproduced:
+        click.echo(f"REPRODUCED {r.receipt[:16]}: {r.output}")
+        return
+    click.echo(f"DIFFERENT {r.receipt[:16]}: replay answered {r.output!r}")
+    sys.exit(10)
+
+
+@cli.group("drift")
+def drift_group() -> None:
+    """Inputs the model was unsure of (kept locally; fed to the teacher by `compile --drift`)."""
+
+
+@drift_group.command("list")
+@click.option("--drift", "drift_path", type=click.Path(path_type=Path), help="Drift file.")
+@click.option("--artifact-id", help="Only this artifact (id prefix).")
+def drift_list(drift_path: Path | None, artifact_id: str | None) -> None:
+    """One line per drifted input."""
+    from kolm.drift import DriftStore
+
+    for e in DriftStore(drift_path).entries(artifact_id):
+        click.echo(f"{e.id:>5}  {e.created_at}  {e.reason:<40}  {_short(e.input, 50)}")
+
+
+@drift_group.command("export")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--drift", "drift_path", type=click.Path(path_type=Path), help="Drift file.")
+def drift_export(out: Path, drift_path: Path | None) -> None:
+    """Write drift entries to OUT as JSONL."""
+    from kolm.drift import DriftStore
+
+    click.echo(f"exported {DriftStore(drift_path).export(out)} drift entries to {out}")
 
 
 @cli.command("verify")

@@ -72,10 +72,13 @@ class CompileResult:
         return self.manifest.get("distill")
 
 
-def prepare(spec: TaskSpec) -> Prepared:
-    """Load and check examples and base; raise with every problem found."""
+def prepare(spec: TaskSpec, extra_inputs: list[str] | None = None) -> Prepared:
+    """Load and check examples and base; raise with every problem found.
+
+    `extra_inputs` (e.g. drifted inputs from `kolm run`) join the unlabeled pool."""
     examples = load_examples(spec.examples)
     unlabeled = load_inputs(spec.unlabeled) if spec.unlabeled else []
+    unlabeled = list(dict.fromkeys(unlabeled + list(extra_inputs or [])))
     train, held = split_heldout(examples, spec.heldout_fraction, spec.seed)
     problems = []
     if len(examples) < 4:
@@ -88,6 +91,10 @@ def prepare(spec: TaskSpec) -> Prepared:
     v = spec.verifier
     verifier = synthesize(outputs, v.labels, v.regex, v.json_schema, v.functions)
     check_seeds(verifier, outputs)
+    if extra_inputs and spec.teacher is None:
+        raise SpecError(
+            ["--drift needs a teacher to label the drifted inputs (add `teacher:` to the spec)"]
+        )
     if spec.teacher is not None and not unlabeled:
         raise SpecError(
             ["teacher is set but there are no unlabeled inputs to label (add `unlabeled:`)"]
@@ -156,11 +163,12 @@ def compile_task(
     log: Log = _stderr,
     cache_path: Path | None = None,
     force: bool = False,
+    extra_inputs: list[str] | None = None,
 ) -> CompileResult:
     """Run every stage; below the gate, write only the report and raise GateError (unless force)."""
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    p = prepare(spec)
+    p = prepare(spec, extra_inputs or [])
     keys = keys or KeyStore()
     keys.ensure()
     base_sha = p.base.sha256()

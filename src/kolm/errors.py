@@ -74,3 +74,9 @@ class GateError(KolmError):
     """The compiled model scored below the ship gate; no artifact was written."""
 
     exit_code = 8
+
+
+class ReceiptError(KolmError):
+    """The receipts log cannot be read, or a receipt cannot be found or replayed."""
+
+    exit_code = 9

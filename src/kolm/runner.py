@@ -6,13 +6,18 @@ names of the parts a student needs; knows nothing about how they were made.
 
 from __future__ import annotations
 
-from dataclasses import replace
+import asyncio
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from kolm import __version__
 from kolm.artifact import Artifact, open_artifact
+from kolm.drift import DriftStore, drift_reason
+from kolm.errors import ReceiptError
 from kolm.keys import KeyStore
 from kolm.prompt import PromptFormat
-from kolm.runtime import Decoding, Student
+from kolm.receipts import ReceiptStore, sha256_text
+from kolm.runtime import Decoding, Student, llama_cpp_version
 from kolm.verifier import Verifier
 
 
@@ -21,11 +26,12 @@ def load_student(
     base: Path | None = None,
     threads: int | None = None,
     keys: KeyStore | None = None,
+    decoding: Decoding | None = None,
 ) -> tuple[Artifact, Student]:
     """Verify (when given a path), materialize the parts and load them in llama.cpp."""
     art = artifact if isinstance(artifact, Artifact) else open_artifact(artifact, keys)
     config = art.read_json("config.json")
-    decoding = Decoding(**config["decoding"])
+    decoding = decoding or Decoding(**config["decoding"])
     if threads:
         decoding = replace(decoding, threads=threads)
     student = Student(
@@ -71,3 +77,183 @@ def eval_artifact(path: Path, data: Path, base: Path | None = None, progress: bo
     metrics["artifact"] = art.id
     metrics["outputs"] = scored.outputs
     return metrics
+
+
+@dataclass(frozen=True)
+class Result:
+    """One answered input, as `run` and `serve` report it."""
+
+    input: str
+    output: str
+    path: str
+    verified: bool | None
+    failed_rule: str | None
+    confidence: float | None
+    latency_s: float
+    receipt: str | None
+    drift: str | None
+
+
+class Runner:
+    """Answer, verify, log drift, optionally fall back to a teacher, and write a receipt.
+
+    Not thread-safe: one Runner per thread (serve gives it one worker thread)."""
+
+    def __init__(
+        self,
+        artifact: str | Path,
+        base: Path | None = None,
+        threads: int | None = None,
+        receipts: ReceiptStore | None = None,
+        drift: DriftStore | None = None,
+        fallback: str | None = None,
+        min_confidence: float = 0.3,
+        keys: KeyStore | None = None,
+        decoding: Decoding | None = None,
+    ):
+        self.artifact, self.student = load_student(
+            artifact, base=base, threads=threads, keys=keys, decoding=decoding
+        )
+        self.path = str(Path(artifact).resolve())
+        self.verifier = load_verifier(self.artifact)
+        self.receipts, self.drift = receipts, drift
+        self.min_confidence = min_confidence
+        self._fallback = _Fallback(self.artifact, fallback, self.verifier) if fallback else None
+        self.settings = {
+            "decoding": self.student.decoding.to_dict(),
+            "llama_cpp": llama_cpp_version(),
+            "kolm": __version__,
+            "recipe_pack": False,
+        }
+
+    def __call__(self, text: str) -> Result:
+        ans = self.student.answer(text)
+        check = self.verifier.check(ans.output) if self.verifier else None
+        verified, rule = (check.ok, check.failed) if check else (None, None)
+        reason = drift_reason(verified, rule, ans.confidence, self.min_confidence)
+        output, path = ans.output, "student"
+        if reason and self._fallback is not None:
+            output, path, verified, rule = self._fallback(text)
+        receipt = None
+        if self.receipts is not None:
+            receipt = self.receipts.append(
+                artifact_id=self.artifact.id,
+                artifact_path=self.path,
+                input=text,
+                output=output,
+                settings=self.settings,
+                latency_ms=round(ans.latency_s * 1000, 3),
+                verified=verified,
+                failed_rule=rule,
+                path=path,
+                confidence=ans.confidence,
+            ).id
+        if reason and self.drift is not None:
+            self.drift.add(self.artifact.id, text, ans.output, reason, ans.confidence, receipt)
+        return Result(
+            text, output, path, verified, rule, ans.confidence, ans.latency_s, receipt, reason
+        )
+
+    def close(self) -> None:
+        self.student.close()
+
+
+class _Fallback:
+    """The escape hatch: ask the configured teacher, the only network use `run` ever makes."""
+
+    def __init__(self, art: Artifact, teacher: str, verifier: Verifier | None):
+        from kolm.data import Example
+        from kolm.distill import pick_demos
+        from kolm.spec import TeacherConfig
+
+        self.cfg = TeacherConfig(model=teacher, k=1, temperature=0.0)
+        rows = [x for x in art.read_text("train.jsonl").splitlines() if x.strip()]
+        import json
+
+        seeds = [Example(**json.loads(x)) for x in rows]
+        self.demos = pick_demos(seeds, self.cfg.shots)
+        self.instruction = art.read_json("config.json")["instruction"]
+        self.verifier = verifier
+
+    def __call__(self, text: str) -> tuple[str, str, bool | None, str | None]:
+        from kolm.distill import build_request
+        from kolm.teacher import Settings, TeacherRef, complete_with_retries, make_backend
+
+        ref = TeacherRef.parse(self.cfg.model)
+        settings = Settings(timeout_s=self.cfg.timeout_s, max_retries=self.cfg.max_retries)
+
+        async def ask():
+            backend = make_backend(ref, settings)
+            try:
+                return await complete_with_retries(
+                    backend,
+                    build_request(self.instruction, self.demos, text, self.cfg),
+                    0,
+                    settings,
+                )
+            finally:
+                await backend.aclose()
+
+        reply = asyncio.run(ask()).text.strip()
+        check = self.verifier.check(reply) if self.verifier else None
+        output = check.normalized if check and check.ok else reply
+        return (
+            output,
+            f"fallback:{ref}",
+            (check.ok if check else None),
+            (check.failed if check else None),
+        )
+
+
+@dataclass(frozen=True)
+class Replay:
+    receipt: str
+    reproduced: bool
+    output: str
+    build_differs: bool
+    recorded_build: str
+    current_build: str
+
+
+def replay(
+    receipt_ref: str,
+    store: ReceiptStore,
+    artifact: Path | None = None,
+    text: str | None = None,
+    base: Path | None = None,
+) -> Replay:
+    """Re-run a receipt's input with its recorded settings on the same artifact; compare output hashes."""
+    r = store.get(receipt_ref)
+    if r.path != "student":
+        raise ReceiptError(
+            f"receipt {r.id[:12]} was answered by {r.path}; only the student's answers replay locally"
+        )
+    text = r.input if text is None else text
+    if text is None:
+        raise ReceiptError(
+            f"receipt {r.id[:12]} kept only hashes (--no-store-io)",
+            hint="pass the input with --input TEXT",
+        )
+    if sha256_text(text) != r.input_sha256:
+        raise ReceiptError("that input is not the one this receipt recorded (sha256 differs)")
+    path = Path(artifact or r.artifact_path)
+    decoding = Decoding(**r.settings["decoding"])
+    runner_art, student = load_student(path, base=base, decoding=decoding)
+    try:
+        if runner_art.id != r.artifact_id:
+            raise ReceiptError(
+                f"{path} is not the artifact that answered (id {r.artifact_id[:16]}…)",
+                hint="pass the right one with --artifact PATH",
+            )
+        out = student.answer(text).output
+    finally:
+        student.close()
+    current = llama_cpp_version()
+    return Replay(
+        r.id,
+        sha256_text(out) == r.output_sha256,
+        out,
+        current != r.settings["llama_cpp"],
+        r.settings["llama_cpp"],
+        current,
+    )

@@ -48,6 +48,8 @@ class Answer:
     completion_tokens: int
     latency_s: float
     finish_reason: str
+    confidence: float | None = None
+    """Smallest top-1 minus top-2 probability over the answer's tokens (1 = certain)."""
 
 
 def llama_cpp_version() -> str:
@@ -98,8 +100,10 @@ class Student:
             self._llm.load_state(self._state)
         else:
             self._llm.reset()
+        margins: list[float] = []
         out = self._llm.create_completion(
             tokens,
+            logits_processor=_margin_recorder(margins),
             max_tokens=d.max_tokens,
             temperature=d.temperature,
             top_k=1,
@@ -117,11 +121,27 @@ class Student:
             completion_tokens=int(out["usage"]["completion_tokens"]),
             latency_s=latency,
             finish_reason=str(choice.get("finish_reason")),
+            confidence=round(min(margins), 4) if margins else None,
         )
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._llm.close()
+
+
+def _margin_recorder(margins: list[float]):
+    """A logits processor that records each step's top-1/top-2 probability margin, changing nothing."""
+    import numpy as np
+    from llama_cpp import LogitsProcessorList
+
+    def record(_ids, logits):
+        top2 = np.partition(logits, -2)[-2:]
+        hi, lo = float(max(top2)), float(min(top2))
+        z = np.exp(logits - hi).sum()
+        margins.append((1.0 - float(np.exp(lo - hi))) / float(z))
+        return logits
+
+    return LogitsProcessorList([record])
 
 
 def _load(base: Path, adapter: Path | None, d: Decoding):

@@ -1,0 +1,229 @@
+"""Running like a system of record: receipts, replay, drift, fallback, and the HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+from kolm.drift import DriftStore
+from kolm.receipts import ReceiptStore
+from kolm.runner import Runner, replay
+from kolm.verifier import synthesize
+
+from .conftest import run_cli
+from .oracle import Oracle
+
+
+def test_run_writes_a_receipt_and_replay_reproduces_it(compiled, env, tmp_path):
+    receipts = tmp_path / "r.sqlite"
+    r = run_cli(
+        "run",
+        str(compiled["out"]),
+        "Tell me about the cello",
+        "--json",
+        "--receipts",
+        str(receipts),
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    row = json.loads(r.stdout)
+    assert row["output"] == "delta" and row["path"] == "student" and row["verified"] is True
+    store = ReceiptStore(receipts)
+    rec = store.get(row["receipt"][:12])
+    assert rec.artifact_id == open_id(compiled) and rec.input == "Tell me about the cello"
+    assert rec.settings["decoding"]["threads"] >= 1 and rec.settings["llama_cpp"]
+    again = run_cli("replay", row["receipt"][:12], "--receipts", str(receipts), env=env)
+    assert again.returncode == 0 and "REPRODUCED" in again.stdout
+    listed = run_cli("receipts", "list", "--receipts", str(receipts), env=env)
+    assert row["receipt"][:16] in listed.stdout
+    ok = run_cli("receipts", "verify", "--receipts", str(receipts), env=env)
+    assert ok.returncode == 0 and "1 receipts, chain intact" in ok.stdout
+
+
+def open_id(compiled) -> str:
+    from kolm.artifact import open_artifact
+
+    return open_artifact(compiled["out"]).id
+
+
+def test_replay_of_hash_only_receipts_needs_the_right_input(compiled, env, tmp_path):
+    store = ReceiptStore(tmp_path / "r.sqlite", store_io=False)
+    runner = Runner(compiled["out"], receipts=store)
+    try:
+        rec_id = runner("a basket of peaches").receipt
+    finally:
+        runner.close()
+    with pytest.raises(Exception, match="kept only hashes"):
+        replay(rec_id, store)
+    with pytest.raises(Exception, match="not the one this receipt recorded"):
+        replay(rec_id, store, text="a basket of plums")
+    assert replay(rec_id, store, text="a basket of peaches").reproduced
+
+
+def test_verifier_failures_and_low_confidence_are_logged_as_drift(compiled, env, tmp_path):
+    drift = DriftStore(tmp_path / "d.sqlite")
+    runner = Runner(compiled["out"], drift=drift, receipts=ReceiptStore(tmp_path / "r.sqlite"))
+    try:
+        sure = runner("my bicycle")
+        assert sure.drift is None and sure.confidence > 0.3
+        runner.verifier = synthesize(
+            ["north", "south"] * 3
+        )  # a stricter rule set the student cannot meet
+        failed = runner("my bicycle")
+        runner.min_confidence = 1.01
+        runner.verifier = synthesize(["alpha", "bravo", "charlie", "delta"] * 2)
+        unsure = runner("drums")
+    finally:
+        runner.close()
+    assert unsure.drift and unsure.verified is True
+    entries = drift.entries()
+    assert [e.input for e in entries] == ["my bicycle", "drums"]
+    assert entries[0].reason.startswith("verifier: label") and entries[1].reason.startswith(
+        "low_confidence"
+    )
+    assert failed.verified is False and entries[0].receipt == failed.receipt
+    exported = tmp_path / "drift.jsonl"
+    r = run_cli("drift", "export", str(exported), "--drift", str(tmp_path / "d.sqlite"), env=env)
+    assert r.returncode == 0 and len(exported.read_text().splitlines()) == 2
+
+
+def test_fallback_answers_drifting_inputs_and_the_receipt_says_so(
+    compiled, env, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("KOLM_OPENAI_COMPATIBLE_API_KEY", "sk-local")
+    oracle = Oracle({"my bicycle": "north"}, ["north", "south"], p_correct=1.0)
+    url = oracle.start()
+    store = ReceiptStore(tmp_path / "r.sqlite")
+    runner = Runner(compiled["out"], receipts=store, fallback=f"openai-compatible:oracle@{url}/v1")
+    try:
+        assert (
+            runner("my bicycle").path == "student" and oracle.requests == 0
+        )  # sure and valid: no network
+        strict = synthesize(["north", "south"] * 3)
+        runner.verifier = runner._fallback.verifier = strict
+        r = runner("my bicycle")
+    finally:
+        runner.close()
+        oracle.stop()
+    assert oracle.requests == 1
+    assert (
+        r.path == "fallback:openai-compatible:oracle" and r.output == "north" and r.verified is True
+    )
+    assert store.get(r.receipt[:12]).path == r.path
+    with pytest.raises(Exception, match="only the student's answers replay"):
+        replay(r.receipt, store)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(compiled, env, tmp_path):
+    """A real uvicorn server on loopback, serving the compiled toy artifact."""
+    import uvicorn
+
+    from kolm.serve import Worker, make_app
+
+    servers = []
+
+    def start(queue_size: int = 64, api_key: str | None = None):
+        store = ReceiptStore(tmp_path / f"r{len(servers)}.sqlite")
+        worker = Worker(Runner(compiled["out"], receipts=store), queue_size)
+        port = _free_port()
+        srv = uvicorn.Server(
+            uvicorn.Config(
+                make_app(worker, "toy", api_key), host="127.0.0.1", port=port, log_level="error"
+            )
+        )
+        threading.Thread(target=srv.run, daemon=True).start()
+        deadline = time.time() + 30
+        while not srv.started and time.time() < deadline:
+            time.sleep(0.05)
+        servers.append((srv, worker))
+        return f"http://127.0.0.1:{port}", store
+
+    yield start
+    for srv, worker in servers:
+        srv.should_exit = True
+        worker.close()
+
+
+def test_the_official_openai_client_works_unmodified(server):
+    import openai
+
+    url, store = server()
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+    assert [m.id for m in client.models.list().data] == ["toy"]
+    raw = client.chat.completions.with_raw_response.create(
+        model="toy", messages=[{"role": "user", "content": "Tell me about the violin"}]
+    )
+    chat = raw.parse()
+    assert chat.choices[0].message.content == "delta"
+    receipt = raw.headers["x-kolm-receipt"]
+    assert store.get(receipt[:12]).output == "delta"
+    comp = client.completions.create(model="toy", prompt="heavy rain")
+    assert comp.choices[0].text == "charlie"
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+    assert store.count() == 2 and store.verify().ok
+    assert "kolm_requests_total" in httpx.get(f"{url}/metrics").text
+    assert httpx.get(f"{url}/healthz").json()["status"] == "ok"
+
+
+def test_bad_requests_get_4xx(server):
+    url, _ = server(api_key="s3cret")
+    auth = {"authorization": "Bearer s3cret"}
+    assert (
+        httpx.post(f"{url}/v1/chat/completions", json={"model": "toy", "messages": []}).status_code
+        == 401
+    )
+    assert (
+        httpx.post(f"{url}/v1/chat/completions", content=b"{not json", headers=auth).status_code
+        == 400
+    )
+    assert (
+        httpx.post(
+            f"{url}/v1/chat/completions", json={"model": "toy", "messages": []}, headers=auth
+        ).status_code
+        == 400
+    )
+    huge = {"model": "toy", "messages": [{"role": "user", "content": "x" * 20000}]}
+    r = httpx.post(f"{url}/v1/chat/completions", json=huge, headers=auth)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "input_too_long"
+    assert (
+        httpx.post(
+            f"{url}/v1/completions",
+            json={"model": "toy", "prompt": "a", "stream": True},
+            headers=auth,
+        ).status_code
+        == 400
+    )
+
+
+def test_a_full_queue_answers_503_and_loses_no_receipt(server):
+    url, store = server(queue_size=1)
+
+    async def burst():
+        async with httpx.AsyncClient(timeout=60) as c:
+            return await asyncio.gather(
+                *(
+                    c.post(
+                        f"{url}/v1/completions",
+                        json={"model": "toy", "prompt": f"a ripe mango {i}"},
+                    )
+                    for i in range(12)
+                )
+            )
+
+    codes = [r.status_code for r in asyncio.run(burst())]
+    assert 503 in codes and 200 in codes and set(codes) <= {200, 503}
+    assert store.count() == codes.count(200) and store.verify().ok
