@@ -17,6 +17,7 @@ from pathlib import Path
 
 from kolm.artifact import cache_home, canonical_json, utc_now
 from kolm.errors import KolmError
+from kolm.sqlitedb import open_db
 
 MIGRATIONS = (
     """
@@ -60,24 +61,7 @@ class TeacherCache:
 
     def __init__(self, path: Path | None = None):
         self.path = Path(path or default_cache_path())
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._db = sqlite3.connect(self.path, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._migrate()
-        except sqlite3.DatabaseError as e:
-            raise KolmError(
-                f"teacher cache {self.path} is unreadable ({e})",
-                hint="move it aside to start a fresh cache (its answers will be paid for again)",
-            ) from None
-
-    def _migrate(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version > len(MIGRATIONS):
-            raise KolmError(f"teacher cache {self.path} was made by a newer kolm; upgrade kolm")
-        for i in range(version, len(MIGRATIONS)):
-            self._db.executescript(f"BEGIN; {MIGRATIONS[i]} PRAGMA user_version={i + 1}; COMMIT;")
+        self._db = open_db(self.path, MIGRATIONS, "teacher cache")
 
     def get(self, key: str) -> Cached | None:
         row = self._db.execute(

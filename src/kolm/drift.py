@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
 from kolm.artifact import utc_now
-from kolm.errors import KolmError
 from kolm.keys import kolm_home
+from kolm.sqlitedb import open_db
 
 MIGRATIONS = (
     """
@@ -66,21 +65,7 @@ def drift_reason(
 class DriftStore:
     def __init__(self, path: Path | None = None):
         self.path = Path(path or default_path())
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._db = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=30
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > len(MIGRATIONS):
-                raise KolmError(f"{self.path} was written by a newer kolm; upgrade kolm")
-            for i in range(version, len(MIGRATIONS)):
-                self._db.executescript(
-                    f"BEGIN; {MIGRATIONS[i]} PRAGMA user_version={i + 1}; COMMIT;"
-                )
-        except sqlite3.DatabaseError as e:
-            raise KolmError(f"drift file {self.path} is unreadable ({e})") from None
+        self._db = open_db(self.path, MIGRATIONS, "drift file")
 
     def add(
         self,

@@ -16,7 +16,6 @@ import hashlib
 import hmac as hmac_mod
 import json
 import os
-import sqlite3
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 from kolm.artifact import canonical_json, utc_now
 from kolm.errors import ReceiptError, SignatureError
 from kolm.keys import KeyStore, kolm_home
+from kolm.sqlitedb import open_db
 
 ANCHOR_EVERY = 100
 CHECKPOINT_HEADER = "kolm.receipts/v1"
@@ -109,24 +109,10 @@ class ReceiptStore:
         self, path: Path | None = None, keys: KeyStore | None = None, store_io: bool = True
     ):
         self.path = Path(path or default_path())
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.keys = keys or KeyStore()
         self.store_io = store_io
-        try:
-            self._db = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=30
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._migrate()
-        except sqlite3.DatabaseError as e:
-            raise ReceiptError(f"receipts file {self.path} is unreadable ({e})") from None
-
-    def _migrate(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version > len(MIGRATIONS):
-            raise ReceiptError(f"{self.path} was written by a newer kolm; upgrade kolm")
-        for i in range(version, len(MIGRATIONS)):
-            self._db.executescript(f"BEGIN; {MIGRATIONS[i]} PRAGMA user_version={i + 1}; COMMIT;")
+        self._db = open_db(self.path, MIGRATIONS, "receipts file", ReceiptError)
+        self._db.execute("PRAGMA synchronous=FULL")  # an audit log survives power loss too
         self._db.execute("INSERT OR IGNORE INTO meta VALUES ('log_id', ?)", (uuid.uuid4().hex,))
 
     @property
