@@ -188,3 +188,15 @@ def test_any_flipped_bit_is_refused_or_harmless(tmp_path, offset, bit):
         with zipfile.ZipFile(mutated) as z:
             assert z.read(name) == content
     assert art.manifest["task"]["name"] == "t"
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_artifacts_from_format_v1_stay_verifiable():
+    """A v1 artifact signed by kolm 0.1.0 (committed); every later release must read it."""
+    KeyStore().trust((FIXTURES / "format-v1.pub").read_text())
+    art = open_artifact(FIXTURES / "format-v1.kolm")
+    assert art.manifest["format_version"] == 1 and art.manifest["task"]["name"] == "fixture-v1"
+    assert art.part_names() == ["config.json", "train.jsonl"]
+    assert art.read_json("config.json") == {"instruction": "fixture"}
