@@ -75,6 +75,7 @@ def main() -> None:
     ap.add_argument("--artifact", type=Path)
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--threads", type=int, help="llama.cpp threads for serve and batch alike")
     ap.add_argument(
         "--deadline", type=float, default=900, help="seconds before the load run is abandoned"
     )
@@ -102,6 +103,8 @@ def main() -> None:
             "--queue",
             str(4 * args.concurrency),
         ]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
         proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ})
         url = f"http://127.0.0.1:{port}"
         _wait_ready(url)
@@ -113,7 +116,9 @@ def main() -> None:
         store = ReceiptStore(receipts)
         chain = store.verify()
         lost = args.requests - store.count()
-        runner = Runner(artifact, receipts=ReceiptStore(Path(tmp) / "batch.sqlite"))
+        runner = Runner(
+            artifact, threads=args.threads, receipts=ReceiptStore(Path(tmp) / "batch.sqlite")
+        )
         runner(texts[0])  # warm-up, as the server had
         t0 = time.perf_counter()
         for t in texts:

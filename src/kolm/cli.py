@@ -353,7 +353,9 @@ def run_cmd(
     type=click.Path(path_type=Path),
     help="Base GGUF for an artifact built with --no-embed-base.",
 )
-@click.option("--threads", type=int, help="llama.cpp threads.")
+@click.option(
+    "--threads", type=int, help="llama.cpp threads (default: all cores but one, left to HTTP)."
+)
 @click.option("--receipts", "receipts_path", type=click.Path(path_type=Path), help="Receipts file.")
 @click.option(
     "--no-store-io", is_flag=True, help="Keep only hashes of inputs and outputs in receipts."
@@ -377,6 +379,8 @@ def serve_cmd(
     fallback: str | None,
 ) -> None:
     """Serve ARTIFACT over an OpenAI-compatible HTTP API, with a receipt per request."""
+    import os
+
     import uvicorn
 
     from kolm.drift import DriftStore
@@ -384,6 +388,10 @@ def serve_cmd(
     from kolm.runner import Runner
     from kolm.serve import LOOPBACK, Worker, make_app
 
+    if threads is None:
+        # llama.cpp's worker threads spin; on a small machine they starve the HTTP side
+        # (2 cores: 5.3 req/s with 2 threads, 5.9 with 1; benchmarks/serve_load.py).
+        threads = max(1, (os.cpu_count() or 2) - 1)
     if host not in LOOPBACK and not api_key:
         raise click.UsageError(
             f"binding to {host} exposes the model beyond this machine: set --api-key"
