@@ -100,8 +100,8 @@ def prepare(spec: TaskSpec, extra_inputs: list[str] | None = None) -> Prepared:
             ["teacher is set but there are no unlabeled inputs to label (add `unlabeled:`)"]
         )
     base = resolve(spec.base, spec.spec_path.parent if spec.spec_path else None)
-    held_inputs = {e.input for e in held}
-    unlabeled = [x for x in unlabeled if x not in held_inputs and x not in {e.input for e in train}]
+    seen = {e.input for e in examples}  # never ask the teacher for what the seeds answer
+    unlabeled = [x for x in unlabeled if x not in seen]
     labels = list(verifier.labels)
     fmt = format_from_gguf(base.gguf)
     return Prepared(spec, base, fmt, train, held, unlabeled, verifier.kind, labels, verifier)
@@ -211,7 +211,8 @@ def compile_task(
     if report is not None:
         manifest["distill"] = report.summary()
     size = sum(path.stat().st_size for path in parts.values()) + (0 if embed_base else p.base.size)
-    score, verdict = _score(p, metrics, size)
+    manifest["economics"] = _economics(p, metrics, report, teacher)
+    score, verdict = _score(p, metrics, size, manifest["economics"]["student_usd_per_call"])
     manifest["kscore"] = score.to_dict()
     manifest["gate"] = {
         "min_k": p.spec.gate.min_k,
@@ -219,7 +220,6 @@ def compile_task(
         **verdict.to_dict(),
         "overridden": not verdict.passed and force,
     }
-    manifest["economics"] = _economics(p, metrics, report, teacher)
     details = {"heldout": ev["rows"], "latencies_s": ev["latencies_s"]}
     report_path = write_reports(Path(out), manifest, details)
     if not verdict.passed and not force:
@@ -311,7 +311,7 @@ def _evaluate_stage(
 
 def _teacher_baseline(p: Prepared, cache_path: Path | None, progress: bool, log: Log) -> dict:
     """The teacher's own answers on the held-out inputs (one sample each, cached), or gold."""
-    from kolm.distill import price_of
+    from kolm.distill import price_of, price_table
     from kolm.teacher import TeacherRef
 
     g = p.spec.gate
@@ -338,7 +338,7 @@ def _teacher_baseline(p: Prepared, cache_path: Path | None, progress: bool, log:
         "note": f"{rep.teacher}, one sample per held-out input",
         "accuracy": correct / len(gold),
         "latency_s": lat[len(lat) // 2] if lat else g.teacher_latency_s,
-        "usd_per_call": price_of(model, *rep.tokens_per_call, cfg.prices),
+        "usd_per_call": price_of(model, *rep.tokens_per_call, price_table(cfg.prices)),
         "usd_spent": rep.usd,
         "outputs": outputs,
     }
@@ -375,7 +375,7 @@ def _metrics(p: Prepared, ev: dict, teacher: dict, train_info: dict) -> dict:
     }
 
 
-def _score(p: Prepared, metrics: dict, size: int):
+def _score(p: Prepared, metrics: dict, size: int, student_usd_per_call: float):
     s, t = metrics["student"], metrics["teacher"]
     inputs = KInputs(
         student_accuracy=s["accuracy"],
@@ -383,7 +383,7 @@ def _score(p: Prepared, metrics: dict, size: int):
         size_bytes=size,
         student_latency_s=s["latency_p50_s"],
         teacher_latency_s=t["latency_s"],
-        student_usd_per_call=p.spec.gate.hardware_usd_per_hour * s["latency_p50_s"] / 3600,
+        student_usd_per_call=student_usd_per_call,
         teacher_usd_per_call=t["usd_per_call"],
         coverage=s["verifier_pass_rate"],
     )
@@ -396,7 +396,7 @@ def _economics(p: Prepared, metrics: dict, report, teacher: dict) -> dict:
     student_call = p.spec.gate.hardware_usd_per_hour * metrics["student"]["latency_p50_s"] / 3600
     return {
         "teacher_usd_per_call": metrics["teacher"]["usd_per_call"],
-        "student_usd_per_call": round(student_call, 9),
+        "student_usd_per_call": student_call,
         "compile_usd": round(compile_usd, 6),
         "hardware_usd_per_hour": p.spec.gate.hardware_usd_per_hour,
         "teacher_source": metrics["teacher"]["source"],

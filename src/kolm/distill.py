@@ -169,8 +169,17 @@ def build_request(
     return Request(tuple(messages), cfg.temperature, cfg.max_tokens)
 
 
-def price_of(model: str, prompt_tokens: int, completion_tokens: int, prices: dict | None) -> float:
-    table = {**DEFAULT_PRICES, **_user_prices(), **{k: tuple(v) for k, v in (prices or {}).items()}}
+def price_table(overrides: dict | None) -> dict[str, tuple[float, float]]:
+    """Built-in prices, then $KOLM_HOME/prices.json, then the spec's `teacher.prices`."""
+    return {
+        **DEFAULT_PRICES,
+        **_user_prices(),
+        **{k: tuple(v) for k, v in (overrides or {}).items()},
+    }
+
+
+def price_of(model: str, prompt_tokens: float, completion_tokens: float, table: dict) -> float:
+    """USD for one call's tokens, from a table made by `price_table` (unknown models cost 0)."""
     p_in, p_out = table.get(model, (0.0, 0.0))
     return (prompt_tokens * p_in + completion_tokens * p_out) / 1e6
 
@@ -217,6 +226,7 @@ async def distill(
     demos = pick_demos(seeds, cfg.shots)
     report = DistillReport(items=[], teacher=str(ref), k=cfg.k)
     budget = Budget(cfg.max_calls, cfg.max_usd)
+    prices = price_table(cfg.prices)  # read once, not per call
     sem = asyncio.Semaphore(cfg.concurrency)
     bar = tqdm(total=len(inputs) * cfg.k, desc="label", unit="sample", disable=not progress)
 
@@ -260,7 +270,7 @@ async def distill(
         report.calls += 1
         report.prompt_tokens += c.prompt_tokens
         report.completion_tokens += c.completion_tokens
-        cost = price_of(ref.model, c.prompt_tokens, c.completion_tokens, cfg.prices)
+        cost = price_of(ref.model, c.prompt_tokens, c.completion_tokens, prices)
         report.usd += cost
         budget.usd += cost
         bar.update(1)
@@ -273,6 +283,7 @@ async def distill(
     finally:
         bar.close()
         await backend.aclose()
+    rules: Counter = Counter()
     for text, samples in zip(inputs, per_input, strict=True):
         got = [s for s in samples if s is not None]
         item = (
@@ -281,11 +292,9 @@ async def distill(
             else Labeled(text, None, 0.0, {}, [], [])
         )
         item.missing_samples = len(samples) - len(got)
-        for r in item.rejected:
-            report.rejected_by_rule[r["reason"].split(":")[0]] = (
-                report.rejected_by_rule.get(r["reason"].split(":")[0], 0) + 1
-            )
+        rules.update(r["reason"].split(":")[0] for r in item.rejected)
         report.items.append(item)
+    report.rejected_by_rule = dict(rules)
     report.budget_stopped = budget.stopped
     if seen_tokens[2]:
         report.tokens_per_call = (seen_tokens[0] / seen_tokens[2], seen_tokens[1] / seen_tokens[2])

@@ -7,6 +7,7 @@ names of the parts a student needs; knows nothing about how they were made.
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -118,7 +119,7 @@ class Runner:
         self.verifier = load_verifier(self.artifact)
         self.receipts, self.drift = receipts, drift
         self.min_confidence = min_confidence
-        self._fallback = _Fallback(self.artifact, fallback, self.verifier) if fallback else None
+        self._fallback = _Fallback(self.artifact, fallback) if fallback else None
         self.settings = {
             "decoding": self.student.decoding.to_dict(),
             "llama_cpp": llama_cpp_version(),
@@ -128,12 +129,13 @@ class Runner:
 
     def __call__(self, text: str) -> Result:
         ans = self.student.answer(text)
-        check = self.verifier.check(ans.output) if self.verifier else None
-        verified, rule = (check.ok, check.failed) if check else (None, None)
-        reason = drift_reason(verified, rule, ans.confidence, self.min_confidence)
         output, path = ans.output, "student"
+        verified, rule, _ = self._check(output)
+        reason = drift_reason(verified, rule, ans.confidence, self.min_confidence)
         if reason and self._fallback is not None:
-            output, path, verified, rule = self._fallback(text)
+            reply, path = self._fallback(text)
+            verified, rule, normalized = self._check(reply)
+            output = normalized if verified else reply
         receipt = None
         if self.receipts is not None:
             receipt = self.receipts.append(
@@ -154,6 +156,13 @@ class Runner:
             text, output, path, verified, rule, ans.confidence, ans.latency_s, receipt, reason
         )
 
+    def _check(self, output: str) -> tuple[bool | None, str | None, str]:
+        """(passed, failed rule, normalized output); (None, None, output) without a verifier."""
+        if self.verifier is None:
+            return None, None, output
+        c = self.verifier.check(output)
+        return c.ok, c.failed, c.normalized
+
     def close(self) -> None:
         self.student.close()
 
@@ -161,21 +170,19 @@ class Runner:
 class _Fallback:
     """The escape hatch: ask the configured teacher, the only network use `run` ever makes."""
 
-    def __init__(self, art: Artifact, teacher: str, verifier: Verifier | None):
+    def __init__(self, art: Artifact, teacher: str):
         from kolm.data import Example
         from kolm.distill import pick_demos
         from kolm.spec import TeacherConfig
 
         self.cfg = TeacherConfig(model=teacher, k=1, temperature=0.0)
         rows = [x for x in art.read_text("train.jsonl").splitlines() if x.strip()]
-        import json
-
         seeds = [Example(**json.loads(x)) for x in rows]
         self.demos = pick_demos(seeds, self.cfg.shots)
         self.instruction = art.read_json("config.json")["instruction"]
-        self.verifier = verifier
 
-    def __call__(self, text: str) -> tuple[str, str, bool | None, str | None]:
+    def __call__(self, text: str) -> tuple[str, str]:
+        """The teacher's raw reply and the path name for the receipt."""
         from kolm.distill import build_request
         from kolm.teacher import Settings, TeacherRef, complete_with_retries, make_backend
 
@@ -194,15 +201,7 @@ class _Fallback:
             finally:
                 await backend.aclose()
 
-        reply = asyncio.run(ask()).text.strip()
-        check = self.verifier.check(reply) if self.verifier else None
-        output = check.normalized if check and check.ok else reply
-        return (
-            output,
-            f"fallback:{ref}",
-            (check.ok if check else None),
-            (check.failed if check else None),
-        )
+        return asyncio.run(ask()).text.strip(), f"fallback:{ref}"
 
 
 @dataclass(frozen=True)

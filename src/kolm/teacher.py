@@ -13,6 +13,7 @@ verifiers or budgets.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
 import os
@@ -196,8 +197,7 @@ class OpenAIBackend:
         )
 
     async def complete(self, request: Request, sample: int) -> Completion:
-        oa = self._openai
-        try:
+        with _sdk_errors(self._openai, self.ref, self._key):
             resp = await self._client.chat.completions.create(
                 model=self.ref.model,
                 messages=[],
@@ -210,20 +210,6 @@ class OpenAIBackend:
             )
             text = resp.choices[0].message.content
             usage = resp.usage
-        except oa.APIStatusError as e:
-            raise _status_error(
-                self.ref, e.status_code, e.response.headers, str(e), self._key
-            ) from None
-        except (oa.APIConnectionError, oa.APITimeoutError) as e:
-            raise TransientError(redact(f"{type(e).__name__}: {e}", self._key)) from None
-        except (
-            oa.APIResponseValidationError,
-            ValueError,
-            AttributeError,
-            IndexError,
-            TypeError,
-        ) as e:
-            raise TransientError(f"garbled response: {type(e).__name__}") from None
         if not isinstance(text, str):
             raise TransientError("response without text")
         return Completion(
@@ -250,10 +236,9 @@ class AnthropicBackend:
         )
 
     async def complete(self, request: Request, sample: int) -> Completion:
-        an = self._anthropic
         system = "\n".join(c for r, c in request.messages if r == "system")
         turns = [{"role": r, "content": c} for r, c in request.messages if r != "system"]
-        try:
+        with _sdk_errors(self._anthropic, self.ref, self._key):
             resp = await self._client.messages.create(
                 model=self.ref.model,
                 system=system,
@@ -264,14 +249,6 @@ class AnthropicBackend:
             )
             text = "".join(b.text for b in resp.content if getattr(b, "type", "") == "text")
             usage = resp.usage
-        except an.APIStatusError as e:
-            raise _status_error(
-                self.ref, e.status_code, e.response.headers, str(e), self._key
-            ) from None
-        except (an.APIConnectionError, an.APITimeoutError) as e:
-            raise TransientError(redact(f"{type(e).__name__}: {e}", self._key)) from None
-        except (an.APIResponseValidationError, ValueError, AttributeError, TypeError) as e:
-            raise TransientError(f"garbled response: {type(e).__name__}") from None
         return Completion(text, usage.input_tokens or 0, usage.output_tokens or 0)
 
     async def aclose(self) -> None:
@@ -320,6 +297,20 @@ class LocalBackend:
     async def aclose(self) -> None:
         if self._llm is not None:
             self._llm.close()
+
+
+@contextlib.contextmanager
+def _sdk_errors(sdk, ref: TeacherRef, key: str | None):
+    """Map an official SDK's exceptions (openai and anthropic share their names) to
+    retryable TransientError or fatal TeacherError, with the key scrubbed."""
+    try:
+        yield
+    except sdk.APIStatusError as e:
+        raise _status_error(ref, e.status_code, e.response.headers, str(e), key) from None
+    except (sdk.APIConnectionError, sdk.APITimeoutError) as e:
+        raise TransientError(redact(f"{type(e).__name__}: {e}", key)) from None
+    except (sdk.APIResponseValidationError, ValueError, AttributeError, IndexError, TypeError) as e:
+        raise TransientError(f"garbled response: {type(e).__name__}") from None
 
 
 def _status_error(
