@@ -1,0 +1,316 @@
+"""Commands that build: compile, label, eval, roi, and the teacher cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from kolm.cli.app import cli
+from kolm.cli.common import _k_line, _table
+
+
+@cli.command("compile")
+@click.argument("spec", type=click.Path(path_type=Path))
+@click.option(
+    "--out", "-o", type=click.Path(path_type=Path), help="Artifact to write (default: NAME.kolm)."
+)
+@click.option(
+    "--work-dir",
+    type=click.Path(path_type=Path),
+    help="Cache folder (default: .kolm-work/NAME beside the spec).",
+)
+@click.option(
+    "--no-embed-base", is_flag=True, help="Store only the base model's name, sha256 and size."
+)
+@click.option("--steps", type=int, help="Override train.steps.")
+@click.option("--teacher", help="Override teacher.model (provider:model).")
+@click.option(
+    "--cache",
+    "cache_path",
+    type=click.Path(path_type=Path),
+    help="Teacher cache file (default: in the kolm cache dir).",
+)
+@click.option("--force", is_flag=True, help="Ship even below the gate (marked in the manifest).")
+@click.option(
+    "--drift",
+    "drift_path",
+    type=click.Path(exists=True, path_type=Path),
+    help="A drift file whose inputs the teacher labels too.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def compile_cmd(
+    spec: Path,
+    out: Path | None,
+    work_dir: Path | None,
+    no_embed_base: bool,
+    steps: int | None,
+    teacher: str | None,
+    cache_path: Path | None,
+    force: bool,
+    drift_path: Path | None,
+    quiet: bool,
+) -> None:
+    """Compile the task in SPEC (a kolm.yaml) into a signed .kolm file.
+
+    Below the ship gate (K-score, see docs/k-score.md) it writes only the report
+    and exits 8, unless --force."""
+    from kolm.compiler import compile_task
+
+    task = _load_task(spec, steps=steps, teacher=teacher)
+    out = out or Path(f"{task.name}.kolm")
+    result = compile_task(
+        task,
+        out,
+        work_dir=work_dir,
+        embed_base=not no_embed_base,
+        progress=not quiet,
+        cache_path=cache_path,
+        force=force,
+        extra_inputs=_drift_inputs(drift_path),
+    )
+    _print_compile_summary(result)
+
+
+@cli.command("label")
+@click.argument("spec", type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="JSONL of verified pairs to write.",
+)
+@click.option("--teacher", help="Override teacher.model (provider:model).")
+@click.option("--k", type=int, help="Override teacher.k (samples per input).")
+@click.option("--cache", "cache_path", type=click.Path(path_type=Path), help="Teacher cache file.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def label_cmd(
+    spec: Path, out: Path, teacher: str | None, k: int | None, cache_path: Path | None, quiet: bool
+) -> None:
+    """Label SPEC's unlabeled inputs with its teacher; write verified pairs to --out."""
+    from kolm.compiler import prepare, run_distill
+    from kolm.data import write_jsonl
+
+    task = _load_task(spec, teacher=teacher, k=k)
+    if task.teacher is None:
+        raise click.UsageError(
+            "the spec has no teacher: add `teacher: provider:model` or pass --teacher"
+        )
+    report = run_distill(prepare(task), cache_path, progress=not quiet)
+    tmp = out.with_name(out.name + ".partial")
+    write_jsonl(tmp, [x.to_dict() for x in report.items])
+    tmp.replace(out)
+    click.echo(
+        _table(_distill_rows(report.summary()) + [("written", str(out))], ("label summary", ""))
+    )
+
+
+def _drift_inputs(path: Path | None) -> list[str]:
+    if path is None:
+        return []
+    from kolm.drift import DriftStore
+
+    return DriftStore(path).inputs()
+
+
+def _load_task(
+    spec: Path, steps: int | None = None, teacher: str | None = None, k: int | None = None
+):
+    import dataclasses
+
+    from kolm.spec import TeacherConfig, load_spec
+
+    task = load_spec(spec)
+    if steps is not None:
+        task = dataclasses.replace(task, train=dataclasses.replace(task.train, steps=steps))
+    if teacher is not None:
+        base = task.teacher or TeacherConfig(model=teacher)
+        task = dataclasses.replace(task, teacher=dataclasses.replace(base, model=teacher))
+    if k is not None and task.teacher is not None:
+        task = dataclasses.replace(task, teacher=dataclasses.replace(task.teacher, k=k))
+    return task
+
+
+def _distill_rows(d: dict) -> list[tuple[str, str]]:
+    rules = ", ".join(f"{k} {v}" for k, v in d["rejected_by_rule"].items()) or "none"
+    rows = [
+        ("teacher / k", f"{d['teacher']} / {d['k']}"),
+        (
+            "inputs labeled",
+            f"{d['labeled']} of {d['inputs']} ({d['unlabeled']} without a verified answer)",
+        ),
+        ("sample acceptance rate", f"{d['acceptance_rate']:.1%}"),
+        ("mean agreement", f"{d['mean_agreement']:.1%} ({d['ties']} ties)"),
+        ("rejected samples by rule", rules),
+        ("calls / cache hits", f"{d['calls']} / {d['cache_hits']}"),
+        ("tokens in / out", f"{d['prompt_tokens']} / {d['completion_tokens']}"),
+        ("teacher cost", f"${d['usd']:.4f}"),
+    ]
+    if d["budget_stopped"]:
+        rows.append(("budget", f"stopped: {d['budget_stopped']}"))
+    return rows
+
+
+def _print_compile_summary(result) -> None:
+    m = result.manifest["metrics"]
+    size = result.artifact.stat().st_size
+    rows = _distill_rows(result.distill) if result.distill else []
+    rows += [
+        ("held-out examples", str(m["heldout_examples"])),
+        ("student accuracy", f"{m['student']['accuracy']:.1%}"),
+        ("untrained base accuracy", f"{m['base']['accuracy']:.1%}"),
+        (f"teacher accuracy ({m['teacher']['source']})", f"{m['teacher']['accuracy']:.1%}"),
+        (
+            "student / teacher agreement",
+            "n/a (no teacher)"
+            if m["student_teacher_agreement"] is None
+            else f"{m['student_teacher_agreement']:.1%}",
+        ),
+        ("verifier pass rate (coverage)", f"{m['student']['verifier_pass_rate']:.1%}"),
+        ("llama.cpp / PyTorch agreement", f"{m['llamacpp_torch_agreement']:.1%}"),
+        (
+            "student latency p50 / p95",
+            f"{m['student']['latency_p50_s'] * 1000:.0f} / {m['student']['latency_p95_s'] * 1000:.0f} ms",
+        ),
+        (
+            "train steps / final loss",
+            f"{m['train']['steps']} / {m['train']['final_loss']}"
+            + (" (cached)" if result.cached_training else ""),
+        ),
+        (
+            "time " + "/".join(result.timings),
+            " / ".join(f"{v:.0f}s" for v in result.timings.values()),
+        ),
+        ("artifact", f"{result.artifact} ({size / 1e6:.1f} MB)"),
+        ("artifact id", result.artifact_id[:16]),
+        ("K-score", _k_line(result.manifest)),
+        ("report", str(result.report)),
+    ]
+    click.echo(_table(rows, ("compile summary", "")))
+
+
+@cli.group("cache")
+def cache_group() -> None:
+    """Inspect, export or prune the teacher cache (every paid answer, kept)."""
+
+
+@cache_group.command("stats")
+@click.option("--cache", "cache_path", type=click.Path(path_type=Path), help="Cache file.")
+def cache_stats(cache_path: Path | None) -> None:
+    """Responses and tokens per provider and model."""
+    from kolm.cache import TeacherCache
+
+    cache = TeacherCache(cache_path)
+    rows = [
+        (
+            f"{r['provider']}:{r['model']}",
+            f"{r['responses']} responses, {r['prompt_tokens']} / "
+            f"{r['completion_tokens']} tokens, {r['first']} .. {r['last']}",
+        )
+        for r in cache.stats()
+    ]
+    click.echo(_table(rows or [("(empty)", "")], (str(cache.path), "")))
+
+
+@cache_group.command("export")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--cache", "cache_path", type=click.Path(path_type=Path), help="Cache file.")
+def cache_export(out: Path, cache_path: Path | None) -> None:
+    """Write every cached response to OUT as JSONL."""
+    from kolm.cache import TeacherCache
+
+    click.echo(f"exported {TeacherCache(cache_path).export(out)} responses to {out}")
+
+
+@cache_group.command("prune")
+@click.option("--model", help="Delete responses of this provider:model.")
+@click.option("--before", help="Delete responses created before this ISO date (e.g. 2026-01-01).")
+@click.option("--cache", "cache_path", type=click.Path(path_type=Path), help="Cache file.")
+def cache_prune(model: str | None, before: str | None, cache_path: Path | None) -> None:
+    """Delete cached responses (they will be paid for again if needed)."""
+    from kolm.cache import TeacherCache
+
+    click.echo(f"deleted {TeacherCache(cache_path).prune(model, before)} responses")
+
+
+@cli.command("eval")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable metrics.")
+@click.option(
+    "--base",
+    type=click.Path(path_type=Path),
+    help="Base GGUF for an artifact built with --no-embed-base.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def eval_cmd(artifact: Path, data: Path, as_json: bool, base: Path | None, quiet: bool) -> None:
+    """Evaluate ARTIFACT on labeled DATA (JSONL/CSV of input, output) with compile's metrics."""
+    from kolm.runner import eval_artifact
+
+    m = eval_artifact(artifact, data, base=base, progress=not quiet)
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in m.items() if k != "outputs"}, indent=1))
+        return
+    rows = [
+        ("examples", str(m["n"])),
+        ("accuracy", f"{m['accuracy']:.1%}"),
+        ("exact match", f"{m['exact_match']:.1%}"),
+        ("verifier pass rate", f"{m['verifier_pass_rate']:.1%}"),
+        (
+            "latency p50 / p95",
+            f"{m['latency_p50_s'] * 1000:.0f} / {m['latency_p95_s'] * 1000:.0f} ms",
+        ),
+    ]
+    if "macro_f1" in m:
+        rows.insert(2, ("macro-F1", f"{m['macro_f1']:.1%}"))
+        rows += [
+            (
+                f"  {c}",
+                f"P {v['precision']:.0%}  R {v['recall']:.0%}  F1 {v['f1']:.0%}  n={v['support']}",
+            )
+            for c, v in m["per_class"].items()
+        ]
+    for f, v in m.get("field_accuracy", {}).items():
+        rows.append((f"  field {f}", f"{v:.1%}"))
+    click.echo(_table(rows, (f"eval {artifact} on {data}", "")))
+
+
+@cli.command("roi")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--calls-per-month", type=float, required=True, help="Your monthly call volume.")
+@click.option("--json", "as_json", is_flag=True)
+def roi_cmd(artifact: Path, calls_per_month: float, as_json: bool) -> None:
+    """Frontier vs compiled cost at your volume, from the figures measured at compile."""
+    from kolm.artifact import open_artifact
+    from kolm.kscore import roi
+
+    m = open_artifact(artifact).manifest
+    if "economics" not in m:
+        raise click.UsageError("this artifact predates cost accounting; recompile it")
+    r = roi(m["economics"], calls_per_month)
+    if as_json:
+        click.echo(json.dumps(r, indent=1))
+        return
+    be = (
+        "never"
+        if r["break_even_calls"] is None
+        else f"{r['break_even_calls']:,.0f} calls (~{r['break_even_days']} days)"
+    )
+    rows = [
+        ("calls per month", f"{calls_per_month:,.0f}"),
+        ("frontier API per month", f"${r['frontier_usd_per_month']:,.2f}"),
+        ("compiled model per month", f"${r['compiled_usd_per_month']:,.2f}"),
+        ("saving per month", f"${r['saving_usd_per_month']:,.2f}"),
+        ("compile cost (teacher calls)", f"${r['compile_usd']:,.4f}"),
+        ("break-even", be),
+    ]
+    if r["teacher_source"] == "gold":
+        rows.append(
+            (
+                "note",
+                "no teacher was measured: its cost is the gate's configured teacher_usd_per_1k",
+            )
+        )
+    click.echo(_table(rows, (f"roi {artifact}", "")))

@@ -1,0 +1,169 @@
+"""Commands that check and describe artifacts, and manage signing keys: verify, inspect, keys."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from kolm.cli.app import cli
+from kolm.cli.common import _k_line, _short, _table
+
+
+@cli.command("verify")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+def verify_cmd(artifact: Path, as_json: bool) -> None:
+    """Check ARTIFACT's signature and the hash of every part."""
+    from kolm.artifact import open_artifact
+
+    art = open_artifact(artifact)
+    info = {
+        "artifact": str(artifact),
+        "id": art.id,
+        "signed_by": art.verified.key_id,
+        "trust": art.verified.trust,
+        "hmac": art.verified.hmac,
+        "parts": {n: art.manifest["parts"][n]["sha256"] for n in art.part_names()},
+    }
+    if as_json:
+        click.echo(json.dumps(info, indent=1))
+        return
+    click.echo(
+        f"OK {artifact}: signature valid (key {info['signed_by']}, {info['trust']}; hmac {info['hmac']})"
+    )
+    for name in art.part_names():
+        click.echo(f"  {name:<16} sha256 {art.manifest['parts'][name]['sha256'][:16]}…  ok")
+
+
+@cli.command("inspect")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the whole manifest.")
+def inspect_cmd(artifact: Path, as_json: bool) -> None:
+    """Show what ARTIFACT holds: task, base, parts, metrics, versions."""
+    from kolm.artifact import open_artifact
+
+    art = open_artifact(artifact)
+    m = art.manifest
+    if as_json:
+        click.echo(json.dumps(m, indent=1, ensure_ascii=False))
+        return
+    base = m["base"]
+    rows = [
+        ("task", m["task"]["name"]),
+        ("instruction", _short(m["task"]["description"], 70)),
+        (
+            "output kind",
+            m["task"]["output_kind"]
+            + (f" ({len(m['task']['labels'])} labels)" if m["task"]["labels"] else ""),
+        ),
+        (
+            "base",
+            f"{base['name']} ({base['license']}, {'embedded' if base['embedded'] else 'by reference'}, sha256 {base['sha256'][:12]}…)",
+        ),
+        ("created", m["created_at"]),
+        ("signed by", f"{art.verified.key_id} ({art.verified.trust})"),
+    ]
+    rows += [(f"part {n}", f"{m['parts'][n]['size'] / 1e6:.2f} MB") for n in art.part_names()]
+    met = m.get("metrics", {})
+    if met:
+        rows += [
+            (
+                "student accuracy",
+                f"{met['student']['accuracy']:.1%} on {met['heldout_examples']} held-out",
+            ),
+            ("untrained base accuracy", f"{met['base']['accuracy']:.1%}"),
+            ("llama.cpp / PyTorch agreement", f"{met['llamacpp_torch_agreement']:.1%}"),
+        ]
+    if "kscore" in m:
+        rows.append(("K-score", _k_line(m)))
+    rows.append(("versions", ", ".join(f"{k} {v}" for k, v in m["versions"].items())))
+    click.echo(_table(rows, (str(artifact), "")))
+
+
+@cli.group("cache")
+def cache_group() -> None:
+    """Inspect, export or prune the teacher cache (every paid answer, kept)."""
+
+
+@cache_group.command("stats")
+@click.option("--cache", "cache_path", type=click.Path(path_type=Path), help="Cache file.")
+def cache_stats(cache_path: Path | None) -> None:
+    """Responses and tokens per provider and model."""
+    from kolm.cache import TeacherCache
+
+    cache = TeacherCache(cache_path)
+    rows = [
+        (
+            f"{r['provider']}:{r['model']}",
+            f"{r['responses']} responses, {r['prompt_tokens']} / "
+            f"{r['completion_tokens']} tokens, {r['first']} .. {r['last']}",
+        )
+        for r in cache.stats()
+    ]
+    click.echo(_table(rows or [("(empty)", "")], (str(cache.path), "")))
+
+
+@cache_group.command("export")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--cache", "cache_path", type=click.Path(path_type=Path), help="Cache file.")
+def cache_export(out: Path, cache_path: Path | None) -> None:
+    """Write every cached response to OUT as JSONL."""
+    from kolm.cache import TeacherCache
+
+    click.echo(f"exported {TeacherCache(cache_path).export(out)} responses to {out}")
+
+
+@cache_group.command("prune")
+@click.option("--model", help="Delete responses of this provider:model.")
+@click.option("--before", help="Delete responses created before this ISO date (e.g. 2026-01-01).")
+@click.option("--cache", "cache_path", type=click.Path(path_type=Path), help="Cache file.")
+def cache_prune(model: str | None, before: str | None, cache_path: Path | None) -> None:
+    """Delete cached responses (they will be paid for again if needed)."""
+    from kolm.cache import TeacherCache
+
+    click.echo(f"deleted {TeacherCache(cache_path).prune(model, before)} responses")
+
+
+@cli.group("keys")
+def keys_group() -> None:
+    """Show, export, trust or rotate the local signing keys."""
+
+
+@keys_group.command("show")
+def keys_show() -> None:
+    """Print this machine's key id and the keys it trusts."""
+    from kolm.keys import KeyStore
+
+    ks = KeyStore()
+    ks.ensure()
+    click.echo(f"key directory: {ks.dir}")
+    for kid, kind in ks.trusted().items():
+        click.echo(f"  {kid}  {kind}")
+
+
+@keys_group.command("export")
+def keys_export() -> None:
+    """Print the public key (give it to whoever should trust your artifacts)."""
+    from kolm.keys import KeyStore
+
+    click.echo(KeyStore().export_public(), nl=False)
+
+
+@keys_group.command("trust")
+@click.argument("public_key", type=click.Path(exists=True, path_type=Path))
+def keys_trust(public_key: Path) -> None:
+    """Trust artifacts signed by the key in PUBLIC_KEY (from `kolm keys export`)."""
+    from kolm.keys import KeyStore
+
+    click.echo(f"trusted {KeyStore().trust(public_key.read_text())}")
+
+
+@keys_group.command("rotate")
+def keys_rotate() -> None:
+    """Make a new signing key; the old one stays trusted for artifacts it signed."""
+    from kolm.keys import KeyStore
+
+    old, new = KeyStore().rotate()
+    click.echo(f"rotated: {old} (retired, still trusted) -> {new}")
