@@ -32,6 +32,8 @@ from kolm.spec import TaskSpec, TeacherConfig
 from kolm.verifier import Verifier, check_seeds, synthesize
 
 Log = Callable[[str], None]
+PROMPT_VERSION = 2
+"""Bumped when prompt tokenization changes (2: content tokenized as plain text)."""
 
 
 def _stderr(msg: str) -> None:
@@ -143,6 +145,7 @@ def training_key(p: Prepared, base_sha: str) -> str:
     """Hash of everything the adapter depends on."""
     payload = {
         "kolm": __version__,
+        "prompt": PROMPT_VERSION,
         "base": base_sha,
         "format": p.fmt.to_dict(),
         "instruction": p.spec.description,
@@ -235,7 +238,7 @@ def compile_task(
 
 def _train_stage(p: Prepared, work: Path, progress: bool, log: Log) -> dict:
     from kolm.export import write_lora_gguf
-    from kolm.train import greedy_outputs, train_lora
+    from kolm.train import answer_ids, greedy_outputs, prompt_ids, train_lora
 
     log("kolm: training LoRA adapter")
     result = train_lora(
@@ -245,12 +248,10 @@ def _train_stage(p: Prepared, work: Path, progress: bool, log: Log) -> dict:
     write_lora_gguf(result.model, p.base.gguf, tmp, p.spec.train.lora_alpha)
     tmp.replace(work / "adapter.gguf")
     tok = result.tokenizer
-    answer_tokens = max(
-        len(tok(e.output + p.fmt.eos, add_special_tokens=False)["input_ids"]) for e in p.train
-    )
+    answer_tokens = max(len(answer_ids(tok, p.fmt, e.output)) for e in p.train)
     max_new = p.spec.run.max_tokens or answer_tokens + 8
     log("kolm: PyTorch reference answers on the held-out inputs")
-    prompts = [p.fmt.render(p.spec.description, e.input) for e in p.heldout]
+    prompts = prompt_ids(tok, p.fmt, p.spec.description, [e.input for e in p.heldout])
     torch_outputs = greedy_outputs(result.model, tok, prompts, max_new)
     info = {
         "steps": result.steps,

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from kolm.cache import Cached, TeacherCache, cache_key
 from kolm.data import Example
+from kolm.prompt import user_turn
 from kolm.spec import TeacherConfig
 from kolm.teacher import (
     Backend,
@@ -160,12 +161,17 @@ def pick_demos(seeds: Sequence[Example], n: int) -> list[Example]:
 
 
 def build_request(
-    instruction: str, demos: Sequence[Example], text: str, cfg: TeacherConfig
+    instruction: str,
+    demos: Sequence[Example],
+    text: str,
+    cfg: TeacherConfig,
+    context: Sequence[str] = (),
 ) -> Request:
+    """The teacher's chat: instruction, few-shot demos, then the input grounded in `context`."""
     messages: list[tuple[str, str]] = [("system", f"{instruction}\n\n{ANSWER_ONLY}")]
     for d in demos:
         messages += [("user", d.input), ("assistant", d.output)]
-    messages.append(("user", text))
+    messages.append(("user", user_turn(text, context)))
     return Request(tuple(messages), cfg.temperature, cfg.max_tokens)
 
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from kolm.errors import RuntimeFailure
-from kolm.prompt import PromptFormat
+from kolm.prompt import PromptFormat, token_ids
 
 
 @dataclass(frozen=True)
@@ -75,20 +76,21 @@ class Student:
         self.fmt, self.instruction = fmt, instruction
         self.decoding = decoding.resolved()
         self._llm = _load(base, adapter, self.decoding)
-        self._prefix = self._tokenize(fmt.prefix(instruction))
+        self._prefix = token_ids(fmt.prefix_segments(instruction), self._tokenize)
         self._llm.reset()
         self._llm.eval(self._prefix)
         self._state = self._llm.save_state()
 
-    def _tokenize(self, text: str) -> list[int]:
-        return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+    def _tokenize(self, text: str, special: bool) -> list[int]:
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
 
-    def prompt_tokens(self, user_input: str) -> list[int]:
-        return self._tokenize(self.fmt.render(self.instruction, user_input))
+    def prompt_tokens(self, user_input: str, context: Sequence[str] = ()) -> list[int]:
+        """The prompt's token ids; only the chat template's own text can be control tokens."""
+        return token_ids(self.fmt.segments(self.instruction, user_input, context), self._tokenize)
 
-    def answer(self, user_input: str) -> Answer:
+    def answer(self, user_input: str, context: Sequence[str] = ()) -> Answer:
         d = self.decoding
-        tokens = self.prompt_tokens(user_input)
+        tokens = self.prompt_tokens(user_input, context)
         if len(tokens) + d.max_tokens > d.n_ctx:
             raise RuntimeFailure(
                 f"input too long: {len(tokens)} prompt tokens + {d.max_tokens} answer tokens "

@@ -271,6 +271,9 @@ class LocalBackend:
         if self._llm is None:
             from llama_cpp import Llama
 
+            from kolm.prompt import format_from_gguf
+
+            self._fmt = format_from_gguf(self._path)
             self._llm = Llama(model_path=str(self._path), n_ctx=2048, seed=0, verbose=False)
         return self._llm
 
@@ -279,17 +282,34 @@ class LocalBackend:
             out = await asyncio.to_thread(self._run, request, sample)
         return out
 
+    def prompt_tokens(self, request: Request) -> list[int]:
+        """Only the template's structure may become control tokens; message contents are plain."""
+        from kolm.prompt import token_ids
+
+        llm = self._load()
+
+        def tokenize(text: str, special: bool) -> list[int]:
+            return llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+
+        return token_ids(self._fmt.chat(request.messages), tokenize)
+
     def _run(self, request: Request, sample: int) -> Completion:
         llm = self._load()
-        out = llm.create_chat_completion(
-            messages=request.to_dict()["messages"],
+        prompt = self.prompt_tokens(request)
+        out = llm.create_completion(
+            prompt,
             temperature=request.temperature,
             max_tokens=request.max_tokens,
+            top_k=40,
+            top_p=0.95,
+            min_p=0.05,
+            repeat_penalty=1.0,
             seed=sample,
+            stop=[self._fmt.eos] if self._fmt.eos else None,
         )
         usage = out["usage"]
         return Completion(
-            out["choices"][0]["message"]["content"] or "",
+            (out["choices"][0]["text"] or "").strip(),
             usage["prompt_tokens"],
             usage["completion_tokens"],
         )

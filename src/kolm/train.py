@@ -18,7 +18,7 @@ from pathlib import Path
 
 from kolm.data import Example
 from kolm.errors import TrainingError
-from kolm.prompt import PromptFormat
+from kolm.prompt import PromptFormat, Tokenize, token_ids
 from kolm.spec import TrainConfig
 
 CHECKPOINT_EVERY = 20
@@ -81,15 +81,35 @@ def load_base(gguf: Path, device: str = "cpu"):
     return model.to(device), tok
 
 
+def hf_tokenize(tok) -> Tokenize:
+    """A `tokenize(text, special)` over a transformers tokenizer.
+
+    With special=False, text that spells a control token (`<|im_end|>`) stays plain text."""
+
+    def tokenize(text: str, special: bool) -> list[int]:
+        return tok(text, add_special_tokens=False, split_special_tokens=not special)["input_ids"]
+
+    return tokenize
+
+
 def encode(
-    tok, fmt: PromptFormat, instruction: str, examples: Sequence[Example], max_len: int
+    tok,
+    fmt: PromptFormat,
+    instruction: str,
+    examples: Sequence[Example],
+    max_len: int,
+    contexts: Sequence[Sequence[str]] | None = None,
 ) -> tuple[list[Encoded], int]:
-    """Tokenize each pair; cut over-long prompts in the middle (keeping the instruction)."""
-    prefix_len = len(tok(fmt.prefix(instruction), add_special_tokens=False)["input_ids"])
+    """Tokenize each pair; cut over-long prompts in the middle (keeping the instruction).
+
+    `contexts[i]` are the retrieved chunks shown with example i (none by default)."""
+    tokenize = hf_tokenize(tok)
+    prefix_len = len(token_ids(fmt.prefix_segments(instruction), tokenize))
     out, truncated = [], 0
-    for e in examples:
-        prompt = tok(fmt.render(instruction, e.input), add_special_tokens=False)["input_ids"]
-        answer = tok(e.output + fmt.eos, add_special_tokens=False)["input_ids"]
+    for i, e in enumerate(examples):
+        context = contexts[i] if contexts is not None else ()
+        prompt = token_ids(fmt.segments(instruction, e.input, context), tokenize)
+        answer = answer_ids(tok, fmt, e.output)
         room = max_len - len(answer)
         if len(prompt) > room:
             truncated += 1
@@ -97,6 +117,11 @@ def encode(
             prompt = prompt[:prefix_len] + prompt[-keep_tail:]
         out.append(Encoded(prompt + answer, len(prompt)))
     return out, truncated
+
+
+def answer_ids(tok, fmt: PromptFormat, output: str) -> list[int]:
+    """A training answer's tokens: the output as plain text, then end-of-turn."""
+    return token_ids(fmt.answer_segments(output), hf_tokenize(tok))
 
 
 def count_steps(cfg: TrainConfig, n_examples: int) -> int:
@@ -174,32 +199,43 @@ def train_lora(
 
 
 def greedy_outputs(
-    model, tok, prompts: Sequence[str], max_new_tokens: int, batch: int = 8
+    model, tok, prompts: Sequence[list[int]], max_new_tokens: int, batch: int = 8
 ) -> list[str]:
-    """PyTorch greedy answers, for checking llama.cpp agrees with the trained model."""
+    """PyTorch greedy answers to prompts given as token ids (from `prompt_ids`), for
+    checking that llama.cpp agrees with the trained model."""
     import torch
 
-    tok.padding_side = "left"
     device = next(model.parameters()).device
+    pad = tok.pad_token_id
     outs: list[str] = []
     for i in range(0, len(prompts), batch):
-        enc = tok(
-            list(prompts[i : i + batch]),
-            add_special_tokens=False,
-            padding=True,
-            return_tensors="pt",
-        )
+        rows = prompts[i : i + batch]
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([[pad] * (width - len(r)) + list(r) for r in rows], dtype=torch.long)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
         with torch.no_grad():
             gen = model.generate(
-                **enc.to(device),
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
                 do_sample=False,
                 max_new_tokens=max_new_tokens,
-                pad_token_id=tok.pad_token_id,
+                pad_token_id=pad,
                 eos_token_id=tok.eos_token_id,
             )
-        new = gen[:, enc["input_ids"].shape[1] :]
+        new = gen[:, width:]
         outs += [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
     return outs
+
+
+def prompt_ids(
+    tok, fmt: PromptFormat, instruction: str, inputs: Sequence[str], contexts=None
+) -> list[list[int]]:
+    """Prompt token ids built exactly as training and the runtime build them."""
+    tokenize = hf_tokenize(tok)
+    return [
+        token_ids(fmt.segments(instruction, x, contexts[i] if contexts else ()), tokenize)
+        for i, x in enumerate(inputs)
+    ]
 
 
 def _schedule(steps: int):
