@@ -8,15 +8,33 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kolm.artifact import MANIFEST, SIGNATURE, canonical_json, open_artifact, write_artifact
+from kolm.artifact import (
+    FORMAT_VERSION,
+    MANIFEST,
+    SIGNATURE,
+    canonical_json,
+    open_artifact,
+    write_artifact,
+)
 from kolm.errors import ArtifactError, SignatureError
 from kolm.keys import KeyStore
+from kolm.modelsig import MODEL_SIG
 
 PARTS = {
     "adapter.gguf": b"GGUF" + bytes(range(256)) * 40,
     "config.json": b'{"a": 1}',
     "train.jsonl": b'{"input":"a","output":"b"}\n',
 }
+
+
+def manifest_fields(name: str = "t") -> dict:
+    """The keys every kolm manifest carries (the reader checks them)."""
+    return {
+        "task": {"name": name, "description": "d", "output_kind": "label", "labels": ["x"]},
+        "base": {"name": "none", "license": "n/a", "sha256": "0" * 64, "size": 0, "embedded": False},
+        "created_at": "2026-11-23T00:00:00Z",
+        "versions": {"kolm": "test"},
+    }
 
 
 def make(tmp_path: Path, keys: KeyStore | None = None) -> Path:
@@ -27,9 +45,7 @@ def make(tmp_path: Path, keys: KeyStore | None = None) -> Path:
         (src / name).write_bytes(data)
         parts[name] = src / name
     out = tmp_path / "m.kolm"
-    write_artifact(
-        out, parts, {"task": {"name": "t"}, "base": {"embedded": False}}, keys or KeyStore()
-    )
+    write_artifact(out, parts, manifest_fields(), keys or KeyStore())
     return out
 
 
@@ -47,11 +63,12 @@ def test_round_trip(tmp_path):
     art = open_artifact(path)
     assert art.part_names() == sorted(PARTS)
     assert art.verified.trust == "own" and art.verified.hmac == "ok"
-    assert art.manifest["format_version"] == 1
+    assert art.manifest["format_version"] == FORMAT_VERSION == 2
+    assert art.model_sig == art.verified.key_id
     for name, data in PARTS.items():
         assert art.materialize(name).read_bytes() == data
     with zipfile.ZipFile(path) as z:
-        assert z.namelist()[:2] == [MANIFEST, SIGNATURE]
+        assert z.namelist()[:3] == [MANIFEST, SIGNATURE, MODEL_SIG]
 
 
 @pytest.mark.parametrize("part", sorted(PARTS))

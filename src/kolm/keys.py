@@ -107,6 +107,10 @@ class KeyStore:
             "hmac_key_id": self.hmac_id(),
         }
 
+    def sign_raw(self, data: bytes) -> bytes:
+        """A bare Ed25519 signature over `data` (for envelopes that carry their own framing)."""
+        return self._private().sign(data)
+
     def mac(self, data: bytes) -> str:
         return hmac.new(self._hmac_key(), data, hashlib.sha256).hexdigest()
 
@@ -145,6 +149,10 @@ class KeyStore:
         b64 = base64.b64encode(self.public_raw()).decode()
         return f"kolm-ed25519 {b64} {self.key_id()}\n"
 
+    def export_public_pem(self) -> str:
+        """The public key as PEM (SubjectPublicKeyInfo), for verifiers outside kolm."""
+        return public_pem(self.public_raw())
+
     def trust(self, text: str) -> str:
         raw = _decode_public(text)
         kid = key_id(raw)
@@ -174,6 +182,15 @@ def _public_raw(public) -> bytes:
     from cryptography.hazmat.primitives import serialization as s
 
     return public.public_bytes(s.Encoding.Raw, s.PublicFormat.Raw)
+
+
+def public_pem(public_raw: bytes) -> str:
+    """PEM (SubjectPublicKeyInfo) text of a raw 32-byte Ed25519 public key."""
+    from cryptography.hazmat.primitives import serialization as s
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    public = Ed25519PublicKey.from_public_bytes(public_raw)
+    return public.public_bytes(s.Encoding.PEM, s.PublicFormat.SubjectPublicKeyInfo).decode()
 
 
 def _decode_public(text: str) -> bytes:
