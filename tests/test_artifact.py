@@ -1,6 +1,9 @@
 """Artifact format: round trip, and every kind of damage is refused with a clear diff."""
 
+import base64
+import hashlib
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -12,13 +15,14 @@ from kolm.artifact import (
     FORMAT_VERSION,
     MANIFEST,
     SIGNATURE,
+    blob_dir,
     canonical_json,
     open_artifact,
     write_artifact,
 )
 from kolm.errors import ArtifactError, SignatureError
 from kolm.keys import KeyStore
-from kolm.modelsig import MODEL_SIG
+from kolm.modelsig import MODEL_SIG, pae, sign_bundle, verify_directory
 
 PARTS = {
     "adapter.gguf": b"GGUF" + bytes(range(256)) * 40,
@@ -31,7 +35,13 @@ def manifest_fields(name: str = "t") -> dict:
     """The keys every kolm manifest carries (the reader checks them)."""
     return {
         "task": {"name": name, "description": "d", "output_kind": "label", "labels": ["x"]},
-        "base": {"name": "none", "license": "n/a", "sha256": "0" * 64, "size": 0, "embedded": False},
+        "base": {
+            "name": "none",
+            "license": "n/a",
+            "sha256": "0" * 64,
+            "size": 0,
+            "embedded": False,
+        },
         "created_at": "2026-11-23T00:00:00Z",
         "versions": {"kolm": "test"},
     }
@@ -217,3 +227,181 @@ def test_artifacts_from_format_v1_stay_verifiable():
     assert art.manifest["format_version"] == 1 and art.manifest["task"]["name"] == "fixture-v1"
     assert art.part_names() == ["config.json", "train.jsonl"]
     assert art.read_json("config.json") == {"instruction": "fixture"}
+
+
+def resign(src: Path, dst: Path, edit_manifest=None, parts=None, keep_model_sig=False) -> None:
+    """Rebuild `src` as its signer could: edit the manifest, swap parts, sign again
+    with this machine's key (optionally keeping the old model.sig)."""
+    keys = KeyStore()
+    parts = parts or {}
+    with zipfile.ZipFile(src) as z:
+        files = {n: z.read(n) for n in z.namelist()}
+    m = json.loads(files[MANIFEST])
+    for name, data in parts.items():
+        files[name] = data
+        m["parts"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    if edit_manifest:
+        edit_manifest(m)
+    files[MANIFEST] = canonical_json(m)
+    files[SIGNATURE] = canonical_json(keys.sign(files[MANIFEST]))
+    if not keep_model_sig:
+        digests = {n: hashlib.sha256(d).hexdigest() for n, d in files.items() if n != MODEL_SIG}
+        files[MODEL_SIG] = sign_bundle("t", digests, keys)
+    with zipfile.ZipFile(dst, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+
+
+@pytest.mark.filterwarnings("ignore:Duplicate name")
+def test_duplicate_member_with_the_hostile_copy_first_is_refused(tmp_path):
+    good = make(tmp_path)
+    bad = tmp_path / "dup.kolm"
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(bad, "w") as zout:
+        zout.writestr("config.json", b'{"a": "evil"}')  # what other zip tools extract
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info.filename))
+    with pytest.raises(ArtifactError, match="duplicate members: config.json"):
+        open_artifact(bad)
+
+
+@pytest.mark.parametrize("name", ["/etc/cron.d/x", "../x.json", "a/../../x", "a\\b.json", "a\0b"])
+def test_unsafe_member_names_are_refused(tmp_path, name):
+    good = make(tmp_path)
+    bad = tmp_path / "names.kolm"
+    placeholder = "Q" * len(name.encode())
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(bad, "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info.filename))
+        zout.writestr(placeholder, b"x")
+    # zipfile will not write some of these names, so patch them into the headers
+    bad.write_bytes(bad.read_bytes().replace(placeholder.encode(), name.encode()))
+    with pytest.raises(ArtifactError, match="unsafe member names"):
+        open_artifact(bad)
+
+
+@pytest.mark.parametrize("version", ["1", -1, 0, True, 1.0, None])
+def test_malformed_format_version_is_refused_clearly(tmp_path, version):
+    good = make(tmp_path)
+    bad = tmp_path / "v.kolm"
+    resign(good, bad, lambda m: m.update(format_version=version))
+    with pytest.raises(ArtifactError, match="format_version must be a positive integer") as err:
+        open_artifact(bad)
+    assert "newer" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        (lambda m: m.pop("task"), "task is missing"),
+        (lambda m: m["task"].pop("name"), "task.name is missing"),
+        (lambda m: m["base"].update(size="big"), "base.size must be int, not str"),
+        (lambda m: m.update(parts=[]), "parts must be dict"),
+        (lambda m: m["parts"]["config.json"].update(size=-1), "size must be a non-negative"),
+        (lambda m: m["parts"].update({"../x": m["parts"].pop("config.json")}), "not allowed"),
+    ],
+)
+def test_malformed_manifest_is_a_clear_artifact_error(tmp_path, edit, problem):
+    """A validly signed manifest of the wrong shape: refused once, in the reader."""
+    good = make(tmp_path)
+    bad = tmp_path / "shape.kolm"
+    resign(good, bad, edit)
+    with pytest.raises(ArtifactError, match="manifest is malformed") as err:
+        open_artifact(bad)
+    assert problem in str(err.value)
+
+
+def test_a_part_swapped_after_open_is_never_used(tmp_path):
+    """The file is replaced between verification and use: the verified bytes are served,
+    and a large part copied later is re-hashed and refused, leaving no file behind."""
+    path = make(tmp_path)
+    art = open_artifact(path)
+    evil = tmp_path / "evil.kolm"
+    resign(path, evil, parts={"config.json": b'{"a": 2}', "adapter.gguf": b"GGUF evil"})
+    open_artifact(evil)  # validly signed by the same key: only the swap is wrong
+    os.replace(evil, path)
+    assert art.read_json("config.json") == {"a": 1}
+    assert art.read_text("train.jsonl") == PARTS["train.jsonl"].decode()
+    with pytest.raises(ArtifactError, match="changed since it was verified"):
+        art.materialize("adapter.gguf")
+    blobs = blob_dir()
+    assert sorted(p.name for p in blobs.iterdir()) == []  # no blob, no .partial
+    with pytest.raises(ArtifactError, match="has no part"):
+        art.read_text("payload.sh")
+
+
+def test_model_sig_round_trip_with_a_third_party_style_verifier(tmp_path):
+    path = make(tmp_path)
+    out = tmp_path / "extracted"
+    with zipfile.ZipFile(path) as z:
+        z.extractall(out)
+    bundle = json.loads((out / MODEL_SIG).read_text())
+    assert bundle["mediaType"] == "application/vnd.dev.sigstore.bundle.v0.3+json"
+    env = bundle["dsseEnvelope"]
+    assert env["payloadType"] == "application/vnd.in-toto+json"
+    st = json.loads(base64.b64decode(env["payload"]))
+    assert st["_type"] == "https://in-toto.io/Statement/v1"
+    assert st["predicateType"] == "https://model_signing/signature/v1.0"
+    names = [r["name"] for r in st["predicate"]["resources"]]
+    assert names == sorted([MANIFEST, SIGNATURE, *PARTS])
+    pem = KeyStore().export_public_pem()
+    assert env["signatures"][0]["keyid"] == KeyStore().key_id()
+    verified = verify_directory(out, pem)
+    assert verified["config.json"] == hashlib.sha256(PARTS["config.json"]).hexdigest()
+    # the PAE framing is what is signed: a bare Ed25519 check over it passes
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    load_pem_public_key(pem.encode()).verify(
+        base64.b64decode(env["signatures"][0]["sig"]),
+        pae(env["payloadType"], base64.b64decode(env["payload"])),
+    )
+
+
+def test_tampered_part_is_detected_via_the_statement(tmp_path):
+    path = make(tmp_path)
+    out = tmp_path / "extracted"
+    with zipfile.ZipFile(path) as z:
+        z.extractall(out)
+    (out / "adapter.gguf").write_bytes(b"GGUF tampered")
+    with pytest.raises(SignatureError, match="changed: adapter.gguf"):
+        verify_directory(out, KeyStore().export_public_pem())
+    # inside the archive: the part and kolm's manifest replaced consistently and re-signed,
+    # but model.sig left as it was — the statement still names the old digest
+    bad = tmp_path / "stale.kolm"
+    resign(path, bad, parts={"adapter.gguf": b"GGUF tampered"}, keep_model_sig=True)
+    with pytest.raises(SignatureError, match="model.sig disagrees") as err:
+        open_artifact(bad)
+    assert "changed: adapter.gguf, manifest.json, signature.json" in str(err.value)
+
+
+def test_tampered_statement_is_refused(tmp_path):
+    path = make(tmp_path)
+    bad = tmp_path / "st.kolm"
+
+    def edit(name, data):
+        if name != MODEL_SIG:
+            return data
+        bundle = json.loads(data)
+        st = json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))
+        st["predicate"]["resources"][0]["digest"] = "0" * 64
+        bundle["dsseEnvelope"]["payload"] = base64.b64encode(json.dumps(st).encode()).decode()
+        return json.dumps(bundle).encode()
+
+    rewrite(path, bad, edit)
+    with pytest.raises(SignatureError, match="does not match its statement"):
+        open_artifact(bad)
+
+
+def test_model_sig_by_another_key_or_removed_is_refused(tmp_path):
+    path = make(tmp_path)
+    other = KeyStore(tmp_path / "other")
+    with zipfile.ZipFile(path) as z:
+        files = {n: z.read(n) for n in z.namelist()}
+    digests = {n: hashlib.sha256(d).hexdigest() for n, d in files.items() if n != MODEL_SIG}
+    bad = tmp_path / "other.kolm"
+    rewrite(path, bad, lambda n, d: sign_bundle("t", digests, other) if n == MODEL_SIG else d)
+    with pytest.raises(SignatureError, match="different key"):
+        open_artifact(bad)
+    gone = tmp_path / "gone.kolm"
+    rewrite(path, gone, lambda n, d: None if n == MODEL_SIG else d)
+    with pytest.raises(SignatureError, match="requires"):
+        open_artifact(gone)
