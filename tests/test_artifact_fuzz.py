@@ -404,3 +404,15 @@ def test_part_swapped_for_a_bomb_is_refused_before_it_inflates(tmp_path, honest)
     path.write_bytes(raw_zip(entries))
     peak, cpu = refuse_within_budget(path, "zip bomb" if honest else "changed: adapter.gguf")
     assert peak < 8 << 20 and cpu < 2
+
+
+@pytest.mark.parametrize(("entries", "claimed"), [(300, None), (25_000, 5)])
+def test_too_many_members_are_refused_before_the_directory_is_parsed(tmp_path, entries, claimed):
+    """Each directory record costs the zip reader ~500 bytes: refuse from the end record."""
+    data = bytearray(raw_zip([stored(f"{i:06d}", b"") for i in range(entries)]))
+    if claimed is not None:  # the end record lies about the count; its directory size cannot
+        data[-14:-10] = struct.pack("<HH", claimed, claimed)
+    path = tmp_path / "many.kolm"
+    path.write_bytes(bytes(data))
+    peak, cpu = refuse_within_budget(path, "declares .* members")
+    assert peak < 1 << 20 and cpu < 1

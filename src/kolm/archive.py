@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import struct
 import zipfile
 from collections import Counter
 from collections.abc import Iterator
@@ -30,6 +31,8 @@ MAX_META_BYTES = 1 << 20
 MAX_RATIO = 200
 """Largest uncompressed/compressed ratio accepted. Text and JSONL deflate ~3-20×;
 deflate's ceiling is ~1032×, reached only by bombs and runs of one byte."""
+MAX_DIRECTORY_BYTES = 1 << 20
+"""Central directory size accepted (~100 bytes an entry); checked before it is parsed."""
 RATIO_FLOOR = 1 << 16
 """Members smaller than this (uncompressed) skip the ratio check: they cost nothing."""
 CHUNK = 1 << 20
@@ -47,6 +50,41 @@ def zip_errors(path: Path) -> Iterator[None]:
             f"{path} is corrupt or truncated ({type(e).__name__}: {e})",
             hint="copy it again from its source",
         ) from None
+
+
+@contextlib.contextmanager
+def open_zip(path: Path) -> Iterator[zipfile.ZipFile]:
+    """The zip at `path`, opened only after its end record passes `check_end_record`."""
+    with zip_errors(path), open(path, "rb") as f:
+        check_end_record(f, path)
+        with zipfile.ZipFile(f) as z:
+            yield z
+
+
+def check_end_record(f: BinaryIO, path: Path) -> None:
+    """Refuse a declared member count or central directory size over the limits, before
+    the zip reader builds an entry for every record (~500 bytes of memory each)."""
+    size = f.seek(0, os.SEEK_END)
+    tail_len = min(size, 22 + 0xFFFF)
+    f.seek(size - tail_len)
+    tail = f.read(tail_len)
+    at = len(tail) - 22 if tail[-22:-18] == b"PK\x05\x06" else tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < 22:
+        return  # not a zip: the zip reader says so
+    count, cd_size = struct.unpack("<HI", tail[at + 10 : at + 16])
+    locator = tail[at - 20 : at] if at >= 20 else b""
+    if locator[:4] == b"PK\x06\x07":  # zip64: the real figures are in its own end record
+        (offset,) = struct.unpack("<Q", locator[8:16])
+        f.seek(min(offset, size))
+        record = f.read(56)
+        if len(record) == 56 and record[:4] == b"PK\x06\x06":
+            count, cd_size = struct.unpack("<QQ", record[32:48])
+    if count > MAX_MEMBERS or cd_size > MAX_DIRECTORY_BYTES:
+        raise ArtifactError(
+            f"{path} declares {count} members in a {cd_size}-byte directory; a .kolm has at "
+            f"most {MAX_MEMBERS} members",
+            hint="this is not an artifact kolm wrote; do not use it",
+        )
 
 
 def members(z: zipfile.ZipFile, path: Path) -> dict[str, zipfile.ZipInfo]:

@@ -26,11 +26,11 @@ from kolm.archive import (
     MAX_META_BYTES,
     copy_checked,
     members,
+    open_zip,
     read_capped,
     read_hashed,
     safe_name,
     sha256_file,
-    zip_errors,
 )
 from kolm.errors import ArtifactError, BaseModelError, SignatureError
 from kolm.keys import KeyStore, Verified, key_id, kolm_home
@@ -112,7 +112,7 @@ class Artifact:
         if name in self._small:
             copy_checked(io.BytesIO(self._small[name]), dest, sha, size, what)
             return dest
-        with zip_errors(self.path), zipfile.ZipFile(self.path) as z:
+        with open_zip(self.path) as z:
             info = members(z, self.path).get(name)
             if info is None:
                 raise ArtifactError(f"{what} is gone: the file changed after it was verified")
@@ -226,7 +226,7 @@ def open_artifact(path: str | Path, keys: KeyStore | None = None) -> Artifact:
     keys = keys or KeyStore()
     if not path.is_file():
         raise ArtifactError(f"no such artifact: {path}", hint="build one with `kolm compile`")
-    with zip_errors(path), zipfile.ZipFile(path) as z:
+    with open_zip(path) as z:
         found = members(z, path)
         body, sig_bytes, sig = _read_signed(z, found, path)
         verified = keys.verify(body, sig)
