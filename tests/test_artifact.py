@@ -405,3 +405,15 @@ def test_model_sig_by_another_key_or_removed_is_refused(tmp_path):
     rewrite(path, gone, lambda n, d: None if n == MODEL_SIG else d)
     with pytest.raises(SignatureError, match="requires"):
         open_artifact(gone)
+
+
+def test_inspect_and_verify_report_a_malformed_manifest_without_a_traceback(tmp_path):
+    from .conftest import run_cli
+
+    good = make(tmp_path)
+    bad = tmp_path / "notask.kolm"
+    resign(good, bad, lambda m: m.pop("task"))
+    for command in ("inspect", "verify"):
+        r = run_cli(command, str(bad))
+        assert r.returncode == 4, r.stderr
+        assert "task is missing" in r.stderr and "Traceback" not in r.stderr
