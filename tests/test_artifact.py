@@ -417,3 +417,21 @@ def test_inspect_and_verify_report_a_malformed_manifest_without_a_traceback(tmp_
         r = run_cli(command, str(bad))
         assert r.returncode == 4, r.stderr
         assert "task is missing" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_verify_names_model_sig_and_exports_the_pem_a_third_party_needs(tmp_path):
+    from .conftest import run_cli
+
+    path = make(tmp_path)
+    r = run_cli("verify", str(path))
+    assert r.returncode == 0 and "model.sig: DSSE in-toto statement valid" in r.stdout
+    assert json.loads(run_cli("verify", "--json", str(path)).stdout)["model_sig"]
+    pem = run_cli("keys", "export", "--pem").stdout
+    assert pem.startswith("-----BEGIN PUBLIC KEY-----")
+    out = tmp_path / "extracted"
+    with zipfile.ZipFile(path) as z:
+        z.extractall(out)
+    assert set(verify_directory(out, pem)) == {MANIFEST, SIGNATURE, *PARTS}
+    KeyStore().trust((FIXTURES / "format-v1.pub").read_text())
+    v1 = run_cli("verify", str(FIXTURES / "format-v1.kolm"))
+    assert v1.returncode == 0 and "model.sig: absent (format 1 artifact)" in v1.stdout

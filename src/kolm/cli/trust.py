@@ -25,6 +25,7 @@ def verify_cmd(artifact: Path, as_json: bool) -> None:
         "signed_by": art.verified.key_id,
         "trust": art.verified.trust,
         "hmac": art.verified.hmac,
+        "model_sig": art.model_sig,
         "parts": {n: art.manifest["parts"][n]["sha256"] for n in art.part_names()},
     }
     if as_json:
@@ -33,6 +34,10 @@ def verify_cmd(artifact: Path, as_json: bool) -> None:
     click.echo(
         f"OK {artifact}: signature valid (key {info['signed_by']}, {info['trust']}; hmac {info['hmac']})"
     )
+    if art.model_sig:
+        click.echo(f"  model.sig: DSSE in-toto statement valid (key {art.model_sig}), same digests")
+    else:
+        click.echo("  model.sig: absent (format 1 artifact)")
     for name in art.part_names():
         click.echo(f"  {name:<16} sha256 {art.manifest['parts'][name]['sha256'][:16]}…  ok")
 
@@ -144,11 +149,15 @@ def keys_show() -> None:
 
 
 @keys_group.command("export")
-def keys_export() -> None:
+@click.option(
+    "--pem", is_flag=True, help="As PEM, for verifiers of model.sig outside kolm (OpenSSF format)."
+)
+def keys_export(pem: bool) -> None:
     """Print the public key (give it to whoever should trust your artifacts)."""
     from kolm.keys import KeyStore
 
-    click.echo(KeyStore().export_public(), nl=False)
+    keys = KeyStore()
+    click.echo(keys.export_public_pem() if pem else keys.export_public(), nl=False)
 
 
 @keys_group.command("trust")
