@@ -2,6 +2,7 @@
 
 import base64
 import hashlib
+import io
 import json
 import os
 import zipfile
@@ -11,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kolm.archive import copy_checked
 from kolm.artifact import (
     FORMAT_VERSION,
     MANIFEST,
@@ -435,3 +437,23 @@ def test_cli_verify_names_model_sig_and_exports_the_pem_a_third_party_needs(tmp_
     KeyStore().trust((FIXTURES / "format-v1.pub").read_text())
     v1 = run_cli("verify", str(FIXTURES / "format-v1.kolm"))
     assert v1.returncode == 0 and "model.sig: absent (format 1 artifact)" in v1.stdout
+
+
+def test_an_interrupted_copy_leaves_no_half_file(tmp_path):
+    class Failing(io.BytesIO):
+        def read(self, n=-1):
+            if self.tell() > 0:
+                raise OSError("disk went away")
+            return super().read(4)
+
+    dest = tmp_path / ("ab" * 32)
+    with pytest.raises(OSError, match="disk went away"):
+        copy_checked(Failing(b"GGUF and more"), dest, "ab" * 32, 13, "part x")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_damaged_cached_blob_is_rehashed_and_replaced(tmp_path):
+    art = open_artifact(make(tmp_path))
+    blob = art.materialize("adapter.gguf")
+    blob.write_bytes(b"GGUF damaged in the cache")
+    assert art.materialize("adapter.gguf").read_bytes() == PARTS["adapter.gguf"]

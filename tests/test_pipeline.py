@@ -24,6 +24,7 @@ from .conftest import run_cli
 EXPECTED_PARTS = {
     "manifest.json",
     "signature.json",
+    "model.sig",
     "base.gguf",
     "adapter.gguf",
     "train.jsonl",
