@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import random
 import signal
 import struct
@@ -416,3 +417,33 @@ def test_too_many_members_are_refused_before_the_directory_is_parsed(tmp_path, e
     path.write_bytes(bytes(data))
     peak, cpu = refuse_within_budget(path, "declares .* members")
     assert peak < 1 << 20 and cpu < 1
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    envelope=st.fixed_dictionaries(
+        {}, optional={"payload": JSON | st.just("e30="), "payloadType": JSON, "signatures": JSON}
+    ),
+    material=JSON,
+    top=JSON,
+)
+def test_property_a_hostile_model_sig_only_raises_signature_errors(envelope, material, top):
+    """`model.sig` is parsed before its signature is checked: any shape is a SignatureError."""
+    from kolm.errors import SignatureError
+    from kolm.modelsig import BUNDLE_MEDIA_TYPE, open_bundle
+
+    raw = bytes(range(32))  # any 32 bytes form an Ed25519 public key
+    bundles = [top, {"mediaType": BUNDLE_MEDIA_TYPE, "verificationMaterial": material,
+                     "dsseEnvelope": {**envelope, "payloadType": "application/vnd.in-toto+json"}}]  # fmt: skip
+    for bundle in bundles:
+        with pytest.raises(SignatureError):
+            open_bundle(json.dumps(bundle).encode(), raw)
