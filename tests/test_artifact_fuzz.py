@@ -354,7 +354,10 @@ def refuse_within_budget(path: Path, match: str, keys: KeyStore | None = None) -
     try:
         with pytest.raises(ArtifactError, match=match), deadline(10):
             open_artifact(path, keys)
-        return tracemalloc.get_traced_memory()[1], time.process_time() - cpu
+        peak, seconds = tracemalloc.get_traced_memory()[1], time.process_time() - cpu
+        print(f"\n{path.name} ({path.stat().st_size / 1e6:.1f} MB): refused, "
+              f"peak {peak / 1e6:.2f} MB, CPU {seconds:.3f} s")  # fmt: skip
+        return peak, seconds
     finally:
         tracemalloc.stop()
 
