@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from kolm.cli.app import cli
-from kolm.cli.common import _k_line, _table
+from kolm.cli.common import _floor_line, _k_line, _table
 
 
 @cli.command("compile")
@@ -160,6 +160,7 @@ def _print_compile_summary(result) -> None:
     rows += [
         ("held-out examples", str(m["heldout_examples"])),
         ("student accuracy", f"{m['student']['accuracy']:.1%}"),
+        *([("TF-IDF floor", _floor_line(m))] if _floor_line(m) else []),
         ("untrained base accuracy", f"{m['base']['accuracy']:.1%}"),
         (f"teacher accuracy ({m['teacher']['source']})", f"{m['teacher']['accuracy']:.1%}"),
         (
