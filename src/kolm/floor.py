@@ -3,7 +3,7 @@
 TF-IDF features (word 1–2-grams and character 2–5-grams within word
 boundaries, sublinear term frequency) feed a logistic regression, trained on
 the same training rows as the student and scored on the same held-out split,
-with the same label metrics. It takes seconds on a CPU. scikit-learn is
+with the same label metrics, on one thread. It takes seconds on a CPU. scikit-learn is
 imported only when a floor is computed, never by `verify`, `inspect` or `run`.
 Knows texts and labels; does not know models, prompts or the K-score.
 """
@@ -51,14 +51,16 @@ def predict_labels(
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline, make_union
+    from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 
     features = make_union(
         TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
         TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True),
     )
     model = make_pipeline(features, LogisticRegression(C=C, max_iter=5000))
-    model.fit(list(train_inputs), list(train_labels))
-    return [str(y) for y in model.predict(list(inputs))]
+    with threadpool_limits(limits=1):  # BLAS threads only spin on a shared 2-core machine
+        model.fit(list(train_inputs), list(train_labels))
+        return [str(y) for y in model.predict(list(inputs))]
 
 
 def label_floor(
