@@ -158,6 +158,15 @@ def test_kscore_and_report_are_in_the_signed_manifest(compiled, env):
     assert "floor: TF-IDF + logistic regression" in md and "- Floor: " in md
 
 
+def test_compile_summary_shows_the_floor_and_the_formula(compiled, capsys):
+    from kolm.cli.compile import _print_compile_summary
+
+    _print_compile_summary(compiled["result"])
+    out = capsys.readouterr().out
+    assert re.search(r"TF-IDF floor +\d+\.\d% \(macro-F1 \d+\.\d%\); the student's", out)
+    assert re.search(r"K-score +\d\.\d{3} \(A=.*; weighted harmonic mean", out)
+
+
 def test_gate_blocks_below_min_k_and_force_ships_marked(compiled, env, tmp_path):
     strict = dataclasses.replace(compiled["spec"], gate=GateConfig(min_k=0.9999))
     out = tmp_path / "blocked.kolm"

@@ -76,8 +76,9 @@ def inspect_cmd(artifact: Path, as_json: bool) -> None:
             ("untrained base accuracy", f"{met['base']['accuracy']:.1%}"),
             ("llama.cpp / PyTorch agreement", f"{met['llamacpp_torch_agreement']:.1%}"),
         ]
-        if _floor_line(met):
-            rows.append(("TF-IDF floor", _floor_line(met)))
+        floor = _floor_line(met)
+        if floor:
+            rows.append(("TF-IDF floor", floor))
     if "kscore" in m:
         rows.append(("K-score", _k_line(m)))
     rows.append(("versions", ", ".join(f"{k} {v}" for k, v in m["versions"].items())))
