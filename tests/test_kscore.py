@@ -1,5 +1,6 @@
 """K-score arithmetic, the gate's verdicts, ROI, the classical floor, and the evaluation metrics."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,14 @@ def test_worked_examples_at_three_accuracies_match_the_doc():
         assert round(s.K, 4) == float(k_new)
         assert round(combine(s.parts, LEGACY_FORMULA), 4) == float(k_old)
         assert verdict == ("passes" if gate(s, 0.70).passed else "blocked")
+    # The accuracy each formula needs to reach 0.70 with the other components as above.
+    new, old = re.search(r"needs A ≥ ([\d.]+) \(([\d.]+) before\)", DOC.read_text()).groups()
+    rest = {"S": float(rows[0][1]), "L": 1.0, "C": 1.0, "V": 1.0}
+    a_new = 0.40 / (1 / 0.70 - sum(WEIGHTS[c] / x for c, x in rest.items()))
+    a_old = (0.70 - sum(WEIGHTS[c] * x for c, x in rest.items())) / 0.40
+    assert (f"{a_new:.3f}", f"{a_old:.3f}") == (new, old)
+    assert combine({**rest, "A": a_new}) == pytest.approx(0.70)
+    assert combine({**rest, "A": a_old}, LEGACY_FORMULA) == pytest.approx(0.70)
 
 
 def test_k_is_zero_when_any_component_is_zero():
