@@ -1,11 +1,12 @@
 """The classical floor: TF-IDF + logistic regression on a small synthetic label task, and how
 compile's summary, `kolm inspect` and the reports show it (without importing scikit-learn)."""
 
-import json
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from kolm.floor import METHOD, label_floor, predict_labels
 from kolm.report import floor_verdict
@@ -69,20 +70,25 @@ def test_floor_verdict_flags_a_student_below_the_floor():
     assert floor_verdict({"student": {"accuracy": 0.9}}) is None
 
 
-def test_inspect_and_reports_show_the_floor_without_importing_sklearn(tmp_path, kolm_home):
-    """An artifact whose metrics carry a floor above the student: every view says BELOW."""
-    from kolm.artifact import write_artifact
-    from kolm.keys import KeyStore
-    from kolm.report import write_reports
-
-    (tmp_path / "config.json").write_text("{}")
+def _below_floor_manifest() -> dict:
+    """A compile manifest (v2 K) whose student (50%) is below its floor (80%)."""
     student = {
         "accuracy": 0.5,
         "verifier_pass_rate": 1.0,
         "latency_p50_s": 0.1,
         "latency_p95_s": 0.1,
     }
-    manifest = {
+    k_inputs = {
+        "student_accuracy": 0.5,
+        "teacher_accuracy": 1.0,
+        "size_bytes": 1,
+        "student_latency_s": 0.1,
+        "teacher_latency_s": 1.0,
+        "student_usd_per_call": 0.0,
+        "teacher_usd_per_call": 0.001,
+        "coverage": 1.0,
+    }
+    return {
         "created_at": "2026-11-23T00:00:00Z",
         "task": {"name": "t", "description": "d", "output_kind": "label", "labels": ["a", "b"]},
         "base": {"name": "b", "license": "x", "sha256": "0" * 64, "size": 0, "embedded": False},
@@ -93,16 +99,36 @@ def test_inspect_and_reports_show_the_floor_without_importing_sklearn(tmp_path, 
             "teacher": {"source": "gold", "note": "n", "accuracy": 1.0, "latency_s": 1.0},
             "student_teacher_agreement": None,
             "llamacpp_torch_agreement": 1.0,
+            "train": {"steps": 4, "final_loss": 0.1},
             "floor": {"method": METHOD, "accuracy": 0.8, "macro_f1": 0.79},
         },
         "kscore": {
-            "K": 0.6,
+            "K": 0.6667,
             "formula": "weighted-harmonic-v2",
-            "components": dict.fromkeys("ASLCV", 1.0),
+            "components": {"A": 0.5, "S": 1.0, "L": 1.0, "C": 1.0, "V": 1.0},
+            "weights": {},
+            "inputs": k_inputs,
         },
         "gate": {"min_k": 0.7, "passed": False, "reasons": [], "overridden": True},
+        "economics": {
+            "teacher_usd_per_call": 0.001,
+            "student_usd_per_call": 0.0,
+            "compile_usd": 0.0,
+            "hardware_usd_per_hour": 0,
+            "teacher_source": "gold",
+        },
         "versions": {"kolm": "test"},
     }
+
+
+def test_inspect_and_reports_show_the_floor_without_importing_sklearn(tmp_path, kolm_home):
+    """An artifact whose metrics carry a floor above the student: every view says BELOW."""
+    from kolm.artifact import write_artifact
+    from kolm.keys import KeyStore
+    from kolm.report import write_reports
+
+    (tmp_path / "config.json").write_text("{}")
+    manifest = _below_floor_manifest()
     out = tmp_path / "t.kolm"
     write_artifact(out, {"config.json": tmp_path / "config.json"}, manifest, KeyStore())
     code = (
@@ -116,36 +142,37 @@ def test_inspect_and_reports_show_the_floor_without_importing_sklearn(tmp_path, 
     assert "80.0%" in floor_row and "BELOW the floor by 30.0 points" in floor_row
     assert "weighted harmonic mean" in r.stdout and r.stdout.strip().endswith("sklearn not loaded")
 
-    details = {"heldout": [], "latencies_s": []}
-    manifest["kscore"].update(weights={}, inputs=_k_inputs())
-    manifest["economics"] = {
-        "teacher_usd_per_call": 0.001,
-        "student_usd_per_call": 0.0,
-        "compile_usd": 0.0,
-        "hardware_usd_per_hour": 0,
-        "teacher_source": "gold",
-    }
-    html = write_reports(out, manifest, details).read_text()
+    html = write_reports(out, manifest, {"heldout": [], "latencies_s": []}).read_text()
     md = out.with_name("t.report.md").read_text()
     for text in (html, md):
-        assert (
-            "BELOW the floor by 30.0 points" in text
-            and "floor: TF-IDF + logistic regression" in text
-        )
+        assert "BELOW the floor by 30.0 points" in text
+        assert "floor: TF-IDF + logistic regression" in text and "weighted harmonic mean" in text
 
 
-def _k_inputs() -> dict:
-    return json.loads(
-        '{"student_accuracy": 0.5, "teacher_accuracy": 1.0, "size_bytes": 1, "student_latency_s": 0.1,'
-        ' "teacher_latency_s": 1.0, "student_usd_per_call": 0.0, "teacher_usd_per_call": 0.001,'
-        ' "coverage": 1.0}'
+def test_compile_summary_flags_a_student_below_the_floor(tmp_path, capsys):
+    from kolm.cli.compile import _print_compile_summary
+
+    art = tmp_path / "t.kolm"
+    art.write_bytes(b"x")
+    result = SimpleNamespace(
+        manifest=_below_floor_manifest(),
+        artifact=art,
+        artifact_id="ab" * 32,
+        distill=None,
+        cached_training=False,
+        timings={"train": 1.0},
+        report=tmp_path / "t.report.html",
     )
+    _print_compile_summary(result)
+    out = capsys.readouterr().out
+    assert re.search(
+        r"TF-IDF floor +80\.0% \(macro-F1 79\.0%\); the student's 50\.0% is BELOW", out
+    )
+    assert re.search(r"K-score +0\.667 \(A=0\.50 S=1\.00 L=1\.00 C=1\.00 V=1\.00\) gate 0\.70", out)
 
 
 def test_floor_on_the_shipped_example_split_is_the_recorded_figure():
     """compile's floor stage on examples/support-tickets' split: 48/64 (the 75.0% in the docs)."""
-    from types import SimpleNamespace
-
     from kolm.compiler import _floor
     from kolm.data import load_examples, split_heldout
     from kolm.spec import load_spec
