@@ -1,10 +1,29 @@
-"""K-score arithmetic, the gate's verdicts, ROI, and the evaluation metrics."""
+"""K-score arithmetic, the gate's verdicts, ROI, the classical floor, and the evaluation metrics."""
+
+import re
+from pathlib import Path
 
 import pytest
 
 from kolm.evaluate import field_accuracy, label_metrics, task_metrics
-from kolm.kscore import SIZE_REFERENCE_BYTES, KInputs, gate, kscore, roi
+from kolm.kscore import (
+    FORMULA,
+    LEGACY_FORMULA,
+    SIZE_REFERENCE_BYTES,
+    WEIGHTS,
+    KInputs,
+    combine,
+    gate,
+    kscore,
+    roi,
+)
 from kolm.verifier import synthesize
+
+from .conftest import run_cli
+
+REPO = Path(__file__).resolve().parents[1]
+DOC = REPO / "docs" / "k-score.md"
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def inputs(**kw) -> KInputs:
@@ -21,14 +40,112 @@ def inputs(**kw) -> KInputs:
     return KInputs(**{**base, **kw})
 
 
+def _doc_table(after: str) -> list[list[str]]:
+    """The cells of the first Markdown table after the line containing `after` in the doc."""
+    lines = DOC.read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if after in line)
+    rows = []
+    for line in lines[start + 1 :]:
+        if not line.startswith("|"):
+            if rows:
+                break
+            continue
+        cells = [c.strip().strip("*") for c in line.strip().strip("|").split("|")]
+        if not set("".join(cells)) <= set("- "):
+            rows.append(cells)
+    return rows[1:]  # without the header
+
+
 def test_known_inputs_give_the_documented_score():
     s = kscore(inputs())
     assert pytest.approx(0.9 / 0.95) == s.A
     assert pytest.approx(1 - 300_000_000 / SIZE_REFERENCE_BYTES) == s.S
     assert s.L == 1.0 and s.C == 1.0 and pytest.approx(0.98) == s.V
-    assert pytest.approx(0.40 * 0.9 / 0.95 + 0.15 * s.S + 0.15 + 0.15 + 0.15 * 0.98) == s.K
-    # The worked example in docs/k-score.md.
-    assert round(s.K, 4) == 0.962
+    harmonic = 1 / (0.40 / s.A + 0.15 / s.S + 0.15 + 0.15 + 0.15 / 0.98)
+    assert pytest.approx(harmonic) == s.K
+    # The first worked example in docs/k-score.md, row by row.
+    rows = {r[0]: r for r in _doc_table("## Worked examples")}
+    for c in WEIGHTS:
+        value, term = float(rows[c][2]), float(rows[c][3])
+        assert round(getattr(s, c), 4) == value and round(WEIGHTS[c] / getattr(s, c), 4) == term
+    assert round(s.K, 4) == float(rows["K"][3])
+    assert s.to_dict()["formula"] == FORMULA
+
+
+def test_worked_examples_at_three_accuracies_match_the_doc():
+    """The A = 0.25 / 0.5 / 0.9 table: every figure recomputed from the shipped example's inputs."""
+    rows = _doc_table("worked-examples:")
+    assert [float(r[0]) for r in rows] == [0.25, 0.5, 0.9]
+    for a, s_, l_, c_, v, k_new, k_old, verdict in rows:
+        s = kscore(
+            KInputs(
+                student_accuracy=float(a),
+                teacher_accuracy=1.0,
+                size_bytes=108_200_000,
+                student_latency_s=0.129,
+                teacher_latency_s=1.0,
+                student_usd_per_call=0.0,
+                teacher_usd_per_call=0.001,
+                coverage=1.0,
+            )
+        )
+        assert (round(s.S, 4), s.L, s.C, s.V) == (float(s_), float(l_), float(c_), float(v))
+        assert round(s.K, 4) == float(k_new)
+        assert round(combine(s.parts, LEGACY_FORMULA), 4) == float(k_old)
+        assert verdict == ("passes" if gate(s, 0.70).passed else "blocked")
+    # The accuracy each formula needs to reach 0.70 with the other components as above.
+    new, old = re.search(r"needs A ≥ ([\d.]+) \(([\d.]+) before\)", DOC.read_text()).groups()
+    rest = {"S": float(rows[0][1]), "L": 1.0, "C": 1.0, "V": 1.0}
+    a_new = 0.40 / (1 / 0.70 - sum(WEIGHTS[c] / x for c, x in rest.items()))
+    a_old = (0.70 - sum(WEIGHTS[c] * x for c, x in rest.items())) / 0.40
+    assert (f"{a_new:.3f}", f"{a_old:.3f}") == (new, old)
+    assert combine({**rest, "A": a_new}) == pytest.approx(0.70)
+    assert combine({**rest, "A": a_old}, LEGACY_FORMULA) == pytest.approx(0.70)
+
+
+def test_k_is_zero_when_any_component_is_zero():
+    perfect = dict.fromkeys(WEIGHTS, 1.0)
+    assert combine(perfect) == pytest.approx(1.0)
+    for c in WEIGHTS:
+        assert combine({**perfect, c: 0.0}) == 0.0
+    assert kscore(inputs(coverage=0.0)).K == 0.0
+    assert kscore(inputs(teacher_accuracy=0.0)).K == 0.0
+    assert kscore(inputs(size_bytes=SIZE_REFERENCE_BYTES)).K == 0.0
+    verdict = gate(kscore(inputs(coverage=0.0)), 0.70)
+    assert not verdict.passed and "V (coverage) = 0.00" in verdict.reasons[0]
+
+
+def test_a_free_teacher_does_not_zero_the_cost_component():
+    assert kscore(inputs(teacher_usd_per_call=0.0)).C == 1.0
+    assert kscore(inputs(teacher_usd_per_call=0.0, student_usd_per_call=1e-6)).C == 0.0
+
+
+def test_weak_accuracy_is_no_longer_bought_back_by_the_other_components():
+    """40% of the teacher's accuracy, everything else perfect: passed the old gate, fails the new."""
+    weak = kscore(inputs(student_accuracy=0.4, teacher_accuracy=1.0, size_bytes=0, coverage=1.0))
+    assert (weak.S, weak.L, weak.C, weak.V) == (1.0, 1.0, 1.0, 1.0)
+    assert combine(weak.parts, LEGACY_FORMULA) == pytest.approx(0.76)  # ≥ 0.70: shipped before
+    assert pytest.approx(0.625) == weak.K
+    verdict = gate(weak, 0.70)
+    assert not verdict.passed and "weakest: A (accuracy) = 0.40, costs 0.375" in verdict.reasons[0]
+
+
+def test_old_artifacts_keep_and_show_their_recorded_k(kolm_home):
+    """kscore-v1.kolm: signed by kolm 0.1's formula (no kscore.formula); K is shown as recorded."""
+    env = {"KOLM_HOME": str(kolm_home)}
+    r = run_cli("keys", "trust", str(FIXTURES / "kscore-v1.pub"), env=env)
+    assert r.returncode == 0, r.stderr
+    path = str(FIXTURES / "kscore-v1.kolm")
+    assert run_cli("verify", path, env=env).returncode == 0
+    r = run_cli("inspect", path, env=env)
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in r.stdout.splitlines() if x.startswith("K-score"))
+    assert "0.901 (A=0.77 S=0.97" in line and "weighted arithmetic mean (kolm 0.1)" in line
+    assert "0.887" not in r.stdout  # never rescored on read
+    # The oldest fixture recorded no metrics and no K: inspect still reads it.
+    assert run_cli("keys", "trust", str(FIXTURES / "format-v1.pub"), env=env).returncode == 0
+    r = run_cli("inspect", str(FIXTURES / "format-v1.kolm"), env=env)
+    assert r.returncode == 0 and "fixture-v1" in r.stdout and "K-score" not in r.stdout
 
 
 def test_components_are_clamped_to_unit_range():

@@ -17,6 +17,7 @@ import pytest
 from kolm.artifact import open_artifact
 from kolm.compiler import compile_task
 from kolm.errors import ArtifactError, GateError
+from kolm.kscore import combine
 from kolm.spec import GateConfig
 
 from .conftest import run_cli
@@ -134,7 +135,12 @@ def test_kscore_and_report_are_in_the_signed_manifest(compiled, env):
     k = m["kscore"]
     assert set(k["components"]) == {"A", "S", "L", "C", "V"}
     assert k["K"] >= 0.7 and m["gate"]["passed"] and not m["gate"]["overridden"]
+    assert k["formula"] == "weighted-harmonic-v2"
+    assert k["K"] == pytest.approx(combine(k["components"]), abs=1e-3)
     assert m["metrics"]["teacher"]["source"] == "gold"
+    floor = m["metrics"]["floor"]  # the toy task is a label task
+    assert floor["method"].startswith("tfidf") and 0 <= floor["accuracy"] <= 1
+    assert floor["heldout_examples"] == m["metrics"]["heldout_examples"]
     assert m["metrics"]["student"]["macro_f1"] >= 0.7
     html = (compiled["root"] / "toy.report.html").read_text()
     assert f"K = {k['K']:.3f}" in html
@@ -150,6 +156,16 @@ def test_kscore_and_report_are_in_the_signed_manifest(compiled, env):
         assert title in html
     md = (compiled["root"] / "toy.report.md").read_text()
     assert f"K = {k['K']:.3f}" in md and "| A (accuracy) |" in md
+    assert "floor: TF-IDF + logistic regression" in md and "- Floor: " in md
+
+
+def test_compile_summary_shows_the_floor_and_the_formula(compiled, capsys):
+    from kolm.cli.compile import _print_compile_summary
+
+    _print_compile_summary(compiled["result"])
+    out = capsys.readouterr().out
+    assert re.search(r"TF-IDF floor +\d+\.\d% \(macro-F1 \d+\.\d%\); the student's", out)
+    assert re.search(r"K-score +\d\.\d{3} \(A=.*; weighted harmonic mean", out)
 
 
 def test_gate_blocks_below_min_k_and_force_ships_marked(compiled, env, tmp_path):

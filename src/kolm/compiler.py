@@ -206,6 +206,8 @@ def compile_task(
     ev = _evaluate_stage(p, work / "adapter.gguf", decoding, train_info, progress, log)
     teacher = _teacher_baseline(p, cache_path, progress, log)
     metrics = _metrics(p, ev, teacher, train_info)
+    if p.output_kind == "label":
+        metrics["floor"] = _floor(p, log)
     timings["evaluate"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -374,6 +376,16 @@ def _metrics(p: Prepared, ev: dict, teacher: dict, train_info: dict) -> dict:
         ),
         "train": {k: v for k, v in train_info.items() if k != "torch_heldout_outputs"},
     }
+
+
+def _floor(p: Prepared, log: Log) -> dict:
+    """The classical baseline (kolm.floor) on the student's training rows and held-out split."""
+    from kolm.floor import label_floor
+
+    log("kolm: TF-IDF + logistic regression floor on the same split")
+    rows = [(e.input, p.verifier.check(e.output).normalized) for e in p.train + p.heldout]
+    n = len(p.train)
+    return label_floor(rows[:n], rows[n:], p.labels).to_dict()
 
 
 def _score(p: Prepared, metrics: dict, size: int, student_usd_per_call: float):

@@ -1,8 +1,15 @@
 """K-score: one number for "is the student good enough to ship", and the gate.
 
-K = 0.40·A + 0.15·S + 0.15·L + 0.15·C + 0.15·V, each component in [0, 1]
-(see docs/k-score.md for every normalization and a worked example). Pure
-arithmetic on measured inputs; knows nothing about how they were measured.
+K is the weighted harmonic mean of five components in [0, 1], weights
+A 0.40, S 0.15, L 0.15, C 0.15, V 0.15:
+
+    K = 1 / (0.40/A + 0.15/S + 0.15/L + 0.15/C + 0.15/V)      (K = 0 if any is 0)
+
+so a weak component drags K down and cannot be bought back by the others (see
+docs/k-score.md for every normalization and worked examples). Manifests record
+the formula; those without one were scored by the weighted arithmetic mean of
+kolm 0.1 and keep that recorded K. Pure arithmetic on measured inputs; knows
+nothing about how they were measured.
 """
 
 from __future__ import annotations
@@ -13,6 +20,35 @@ WEIGHTS = {"A": 0.40, "S": 0.15, "L": 0.15, "C": 0.15, "V": 0.15}
 SIZE_REFERENCE_BYTES = 3 * 1024**3
 """3 GiB: the size of a mid-size model at 4-bit; an artifact this size scores S = 0."""
 NAMES = {"A": "accuracy", "S": "size", "L": "latency", "C": "cost", "V": "coverage"}
+FORMULA = "weighted-harmonic-v2"
+"""The formula new compiles record in `kscore.formula`."""
+LEGACY_FORMULA = "weighted-arithmetic-v1"
+"""What a manifest without `kscore.formula` was scored with (kolm 0.1)."""
+FORMULAS = {
+    FORMULA: "weighted harmonic mean",
+    LEGACY_FORMULA: "weighted arithmetic mean (kolm 0.1)",
+}
+
+
+def combine(parts: dict[str, float], formula: str = FORMULA) -> float:
+    """K from the five components under `formula` (the old one only to read and compare)."""
+    if formula == LEGACY_FORMULA:
+        return sum(WEIGHTS[n] * parts[n] for n in WEIGHTS)
+    if formula != FORMULA:
+        raise ValueError(f"unknown K-score formula {formula!r}; known: {', '.join(FORMULAS)}")
+    if any(parts[n] <= 0 for n in WEIGHTS):
+        return 0.0  # the limit of the harmonic mean as a component goes to 0
+    return sum(WEIGHTS.values()) / sum(WEIGHTS[n] / parts[n] for n in WEIGHTS)
+
+
+def shortfall(parts: dict[str, float], name: str, formula: str = FORMULA) -> float:
+    """How much K would rise if component `name` were perfect (1.0): what it costs."""
+    return combine({**parts, name: 1.0}, formula) - combine(parts, formula)
+
+
+def formula_of(recorded: dict) -> str:
+    """The formula a manifest's `kscore` mapping was computed with."""
+    return recorded.get("formula", LEGACY_FORMULA)
 
 
 @dataclass(frozen=True)
@@ -39,10 +75,15 @@ class KScore:
     K: float
     inputs: KInputs
 
+    @property
+    def parts(self) -> dict[str, float]:
+        return {c: getattr(self, c) for c in WEIGHTS}
+
     def to_dict(self) -> dict:
         return {
             "K": round(self.K, 4),
-            "components": {c: round(getattr(self, c), 4) for c in WEIGHTS},
+            "formula": FORMULA,
+            "components": {c: round(v, 4) for c, v in self.parts.items()},
             "weights": WEIGHTS,
             "inputs": asdict(self.inputs),
         }
@@ -52,19 +93,21 @@ def _clamp(x: float) -> float:
     return max(0.0, min(1.0, x))
 
 
-def kscore(m: KInputs) -> KScore:
+def components(m: KInputs) -> dict[str, float]:
+    """The five normalized components, each clamped to [0, 1]."""
     a = _clamp(m.student_accuracy / m.teacher_accuracy) if m.teacher_accuracy > 0 else 0.0
     s = _clamp(1 - m.size_bytes / SIZE_REFERENCE_BYTES)
     lat = _clamp(m.teacher_latency_s / m.student_latency_s) if m.student_latency_s > 0 else 1.0
-    c = (
-        _clamp(1 - m.student_usd_per_call / m.teacher_usd_per_call)
-        if m.teacher_usd_per_call > 0
-        else 0.0
-    )
-    v = _clamp(m.coverage)
-    parts = {"A": a, "S": s, "L": lat, "C": c, "V": v}
-    k = sum(WEIGHTS[n] * x for n, x in parts.items())
-    return KScore(a, s, lat, c, v, k, m)
+    if m.teacher_usd_per_call > 0:
+        c = _clamp(1 - m.student_usd_per_call / m.teacher_usd_per_call)
+    else:  # a free teacher: a free student loses nothing on cost, a paid one loses all
+        c = 1.0 if m.student_usd_per_call <= 0 else 0.0
+    return {"A": a, "S": s, "L": lat, "C": c, "V": _clamp(m.coverage)}
+
+
+def kscore(m: KInputs) -> KScore:
+    parts = components(m)
+    return KScore(**parts, K=combine(parts), inputs=m)
 
 
 @dataclass(frozen=True)
@@ -80,10 +123,10 @@ def gate(score: KScore, min_k: float, min_accuracy: float | None = None) -> Gate
     """Pass when K ≥ min_k (and accuracy ≥ min_accuracy); say what fell short and by how much."""
     reasons = []
     if min_k > score.K:
-        gaps = sorted(WEIGHTS, key=lambda n: WEIGHTS[n] * (1 - getattr(score, n)), reverse=True)
+        parts = score.parts
+        gaps = sorted(WEIGHTS, key=lambda n: shortfall(parts, n), reverse=True)
         worst = ", ".join(
-            f"{n} ({NAMES[n]}) = {getattr(score, n):.2f}, costs {WEIGHTS[n] * (1 - getattr(score, n)):.3f}"
-            for n in gaps[:2]
+            f"{n} ({NAMES[n]}) = {parts[n]:.2f}, costs {shortfall(parts, n):.3f}" for n in gaps[:2]
         )
         reasons.append(
             f"K = {score.K:.3f} is below the gate {min_k:.2f} by {min_k - score.K:.3f}; weakest: {worst}"

@@ -12,7 +12,7 @@ import html
 import io
 from pathlib import Path
 
-from kolm.kscore import NAMES, WEIGHTS
+from kolm.kscore import FORMULAS, NAMES, WEIGHTS, formula_of, shortfall
 
 MAX_ERRORS = 15
 
@@ -34,6 +34,31 @@ def verdict(manifest: dict) -> str:
     if g["passed"]:
         return "PASSED"
     return "OVERRIDDEN (--force)" if g.get("overridden") else "BLOCKED"
+
+
+def formula_label(kscore: dict) -> str:
+    """How a recorded K was computed, in words (old manifests: the arithmetic mean)."""
+    f = formula_of(kscore)
+    return FORMULAS.get(f, f)
+
+
+def floor_verdict(metrics: dict) -> str | None:
+    """One line comparing the student with the classical floor, or None without a floor."""
+    floor = metrics.get("floor")
+    if not floor:
+        return None
+    student = metrics["student"]["accuracy"]
+    gap = student - floor["accuracy"]
+    if gap < 0:
+        where = f"BELOW the floor by {-gap * 100:.1f} points: a TF-IDF classifier does better"
+    elif gap == 0:
+        where = "level with the floor"
+    else:
+        where = f"above the floor by {gap * 100:.1f} points"
+    return (
+        f"{floor['accuracy']:.1%} (macro-F1 {floor['macro_f1']:.1%}); "
+        f"the student's {student:.1%} is {where}"
+    )
 
 
 def break_even_calls(econ: dict) -> float | None:
@@ -60,12 +85,13 @@ def _sections(m: dict, details: dict) -> list[tuple[str, list[str], list[list[st
             f"{c} ({NAMES[c]})",
             f"{comp[c]:.3f}",
             f"{WEIGHTS[c]:.2f}",
-            f"{WEIGHTS[c] * comp[c]:.3f}",
+            f"{shortfall(comp, c, formula_of(k)):.3f}",
             raw[c],
         ]
         for c in WEIGHTS
     ]
     ktable.append(["K", f"{k['K']:.3f}", "", f"gate {m['gate']['min_k']:.2f}", verdict(m)])
+    ktable.append(["formula", formula_label(k), "", "", "costs: how much K would rise at 1.0"])
     met = m["metrics"]
     who = [("student", met["student"]), ("untrained base", met["base"])]
     rows = []
@@ -77,6 +103,17 @@ def _sections(m: dict, details: dict) -> list[tuple[str, list[str], list[list[st
                 _pct(s.get("macro_f1")),
                 _pct(s["verifier_pass_rate"]),
                 f"{s['latency_p50_s'] * 1000:.0f} / {s['latency_p95_s'] * 1000:.0f} ms",
+            ]
+        )
+    floor = met.get("floor")
+    if floor:
+        rows.append(
+            [
+                "floor: TF-IDF + logistic regression",
+                _pct(floor["accuracy"]),
+                _pct(floor["macro_f1"]),
+                "",
+                "",
             ]
         )
     t = met["teacher"]
@@ -106,7 +143,7 @@ def _sections(m: dict, details: dict) -> list[tuple[str, list[str], list[list[st
         ],
     ]
     sections = [
-        ("K-score", ["component", "value", "weight", "contribution", "from"], ktable),
+        ("K-score", ["component", "value", "weight", "costs", "from"], ktable),
         (
             "Metrics on the held-out set",
             ["model", "accuracy", "macro-F1", "verifier pass", "latency p50 / p95"],
@@ -231,6 +268,9 @@ def _html(m: dict, sections, plots) -> str:
     ]
     for reason in m["gate"]["reasons"]:
         out.append(f"<p><strong>Gate:</strong> {esc(reason)}</p>")
+    floor = floor_verdict(m["metrics"])
+    if floor:
+        out.append(f"<p id='floor'><strong>Floor:</strong> {esc(floor)}</p>")
     for title, header, rows in sections:
         out.append(
             f"<h2>{esc(title)}</h2><table><tr>"
@@ -257,6 +297,9 @@ def _markdown(m: dict, sections) -> str:
         "",
     ]
     out += [f"- Gate: {r}" for r in m["gate"]["reasons"]]
+    floor = floor_verdict(m["metrics"])
+    if floor:
+        out.append(f"- Floor: {floor}")
     for title, header, rows in sections:
         out += [
             "",

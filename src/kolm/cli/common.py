@@ -4,11 +4,20 @@ from __future__ import annotations
 
 
 def _k_line(manifest: dict) -> str:
-    from kolm.report import verdict
+    from kolm.kscore import WEIGHTS
+    from kolm.report import formula_label, verdict
 
     k = manifest["kscore"]
-    parts = " ".join(f"{c}={v:.2f}" for c, v in k["components"].items())
-    return f"{k['K']:.3f} ({parts}) gate {manifest['gate']['min_k']:.2f}: {verdict(manifest)}"
+    comp = k["components"]  # read back from a manifest, keys are sorted: show them in K's order
+    parts = " ".join(f"{c}={comp[c]:.2f}" for c in sorted(comp, key=list(WEIGHTS).index))
+    line = f"{k['K']:.3f} ({parts}) gate {manifest['gate']['min_k']:.2f}: {verdict(manifest)}"
+    return f"{line}; {formula_label(k)}"
+
+
+def _floor_line(metrics: dict) -> str | None:
+    from kolm.report import floor_verdict
+
+    return floor_verdict(metrics)
 
 
 def _short(text: str, n: int) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from kolm.cli.app import cli
-from kolm.cli.common import _k_line, _table
+from kolm.cli.common import _floor_line, _k_line, _table
 
 
 @cli.command("compile")
@@ -157,9 +157,11 @@ def _print_compile_summary(result) -> None:
     m = result.manifest["metrics"]
     size = result.artifact.stat().st_size
     rows = _distill_rows(result.distill) if result.distill else []
+    floor = _floor_line(m)  # label tasks: the TF-IDF baseline on the same split
     rows += [
         ("held-out examples", str(m["heldout_examples"])),
         ("student accuracy", f"{m['student']['accuracy']:.1%}"),
+        *([("TF-IDF floor", floor)] if floor else []),
         ("untrained base accuracy", f"{m['base']['accuracy']:.1%}"),
         (f"teacher accuracy ({m['teacher']['source']})", f"{m['teacher']['accuracy']:.1%}"),
         (

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from kolm.cli.app import cli
-from kolm.cli.common import _k_line, _short, _table
+from kolm.cli.common import _floor_line, _k_line, _short, _table
 
 
 @cli.command("verify")
@@ -81,6 +81,9 @@ def inspect_cmd(artifact: Path, as_json: bool) -> None:
             ("untrained base accuracy", f"{met['base']['accuracy']:.1%}"),
             ("llama.cpp / PyTorch agreement", f"{met['llamacpp_torch_agreement']:.1%}"),
         ]
+        floor = _floor_line(met)
+        if floor:
+            rows.append(("TF-IDF floor", floor))
     if "kscore" in m:
         rows.append(("K-score", _k_line(m)))
     rows.append(("versions", ", ".join(f"{k} {v}" for k, v in m["versions"].items())))
