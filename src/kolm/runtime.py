@@ -46,8 +46,8 @@ def default_threads() -> int:
 
     llama.cpp's workers spin while they wait, so one thread per core collapses when
     anything else wants a core (2 cores beside one busy process: 1 thread answers in
-    0.1 s, 2 threads in seconds; docs/benchmarks.md). The core left over keeps
-    answers fast on a busy machine and serves HTTP in `kolm serve`."""
+    0.8 s, 2 threads gave no answer in 150 s; docs/benchmarks.md). The core left
+    over keeps answers fast on a busy machine and serves HTTP in `kolm serve`."""
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # pragma: no cover - not Linux
