@@ -46,9 +46,22 @@ def one_batch(artifact: Path, threads: int, n: int, timeout: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         inputs = Path(tmp) / "in.txt"
         inputs.write_text("\n".join((INPUTS * n)[:n]) + "\n")
-        cmd = [sys.executable, "-m", "kolm.cli", "run", str(artifact), "--input", str(inputs),
-               "--threads", str(threads), "--receipts", f"{tmp}/r.sqlite",
-               "--drift", f"{tmp}/d.sqlite", "-q"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "kolm.cli",
+            "run",
+            str(artifact),
+            "--input",
+            str(inputs),
+            "--threads",
+            str(threads),
+            "--receipts",
+            f"{tmp}/r.sqlite",
+            "--drift",
+            f"{tmp}/d.sqlite",
+            "-q",
+        ]
         t0 = time.perf_counter()
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -58,8 +71,12 @@ def one_batch(artifact: Path, threads: int, n: int, timeout: float) -> dict:
     if r.returncode != 0:
         raise SystemExit(r.stderr)
     lat = [json.loads(line)["latency_s"] for line in r.stdout.splitlines()]
-    return {"threads": threads, "median_s": statistics.median(lat), "max_s": max(lat),
-            "wall_s": wall}
+    return {
+        "threads": threads,
+        "median_s": statistics.median(lat),
+        "max_s": max(lat),
+        "wall_s": wall,
+    }
 
 
 def main() -> None:
@@ -74,16 +91,22 @@ def main() -> None:
     print("| machine | threads | median answer | slowest answer | whole batch (load + answers) |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for label in ("idle", "busy"):
-        spin = (subprocess.Popen([sys.executable, "-c", "while True: pass"])
-                if label == "busy" else None)
+        spin = (
+            subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            if label == "busy"
+            else None
+        )
         try:
             for t in args.threads:
                 row = one_batch(artifact, t, args.answers, args.timeout)
                 if "timeout" in row:
                     print(f"| {label} | {t} | — | — | > {args.timeout:.0f} s (stopped) |")
                 else:
-                    print(f"| {label} | {t} | {row['median_s'] * 1000:.0f} ms | "
-                          f"{row['max_s'] * 1000:.0f} ms | {row['wall_s']:.1f} s |", flush=True)
+                    print(
+                        f"| {label} | {t} | {row['median_s'] * 1000:.0f} ms | "
+                        f"{row['max_s'] * 1000:.0f} ms | {row['wall_s']:.1f} s |",
+                        flush=True,
+                    )
         finally:
             if spin is not None:
                 spin.kill()
