@@ -88,3 +88,56 @@ def test_verify_and_inspect_do_not_import_torch():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == ""
+
+
+def test_threads_and_the_shared_options_are_offered_wherever_a_model_runs():
+    for cmd in ("run", "serve", "eval", "replay"):
+        r = run_cli(cmd, "--help")
+        assert "--threads" in r.stdout and "--base" in r.stdout, cmd
+    bad = run_cli("run", "x.kolm", "hi", "--threads", "0")
+    assert bad.returncode == 2 and "--threads" in bad.stderr
+
+
+def test_default_threads_leave_a_core_free():
+    import os
+
+    from kolm.runtime import Decoding, default_threads
+
+    cores = len(os.sched_getaffinity(0))
+    assert default_threads() == max(1, min(cores - 1, 8))
+    assert Decoding().resolved().threads == default_threads()
+    assert Decoding(threads=3).resolved().threads == 3
+
+
+def test_base_given_for_an_embedded_base_is_checked_not_ignored(compiled, env, tmp_path):
+    from kolm.basemodel import resolve
+
+    other = tmp_path / "other.gguf"
+    other.write_bytes(b"GGUF" + b"\0" * 64)
+    r = run_cli(
+        "run",
+        str(compiled["out"]),
+        "snow",
+        "--base",
+        str(other),
+        "--threads",
+        "1",
+        "--receipts",
+        str(tmp_path / "r.sqlite"),
+        env=env,
+    )
+    assert r.returncode == 3 and "embeds its own base" in r.stderr and "drop --base" in r.stderr
+    same = resolve("smollm2-135m-instruct").gguf  # the very file the artifact embeds
+    ok = run_cli(
+        "run",
+        str(compiled["out"]),
+        "snow",
+        "--base",
+        str(same),
+        "--threads",
+        "1",
+        "--receipts",
+        str(tmp_path / "r.sqlite"),
+        env=env,
+    )
+    assert ok.returncode == 0 and ok.stdout.strip() == "charlie", ok.stderr

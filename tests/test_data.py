@@ -80,3 +80,33 @@ def test_every_label_keeps_a_training_example():
 def test_label_task_detection():
     assert is_label_task(["a", "b", "a", "b", "a", "b"])
     assert not is_label_task([f"free text {i}" for i in range(10)])
+
+
+def test_a_csv_row_with_extra_cells_is_refused_with_its_row_number(tmp_path):
+    p = tmp_path / "ex.csv"
+    p.write_text("input,output\nhello,a\nhello there, friend,b\nbye,c\n")
+    with pytest.raises(SpecError) as err:
+        load_examples(p)
+    assert err.value.problems == [
+        "row 3: 3 cells but the header has 2 columns (quote cells that contain commas)"
+    ]
+
+
+def test_a_batch_keeps_every_line_in_order_and_names_the_bad_ones():
+    from kolm.data import BatchLine, read_batch
+
+    text = "apples\n\napples\n  pears  \n"
+    assert read_batch(text, "text") == [
+        BatchLine(1, "apples"),
+        BatchLine(2, None, "empty input"),
+        BatchLine(3, "apples"),
+        BatchLine(4, "pears"),
+    ]
+    jsonl = '{"input": "a"}\n{oops\n{"text": "b"}\n{"input": "a"}\n'
+    got = read_batch(jsonl, "jsonl")
+    assert [(b.line, b.input) for b in got] == [(1, "a"), (2, None), (3, None), (4, "a")]
+    assert got[1].error.startswith("not valid JSON") and "'input'" in got[2].error
+    csv_text = 'input\nfirst\n"x",extra\nfirst\n'
+    rows = read_batch(csv_text, "csv")
+    assert [(b.line, b.input) for b in rows] == [(2, "first"), (3, None), (4, "first")]
+    assert "header has 1 columns" in rows[1].error

@@ -200,7 +200,7 @@ def test_sigkill_mid_run_then_rerun_repeats_no_cached_call(oracle, tmp_path, kol
     assert repeats <= 4, repeats
     assert len(o.answered) == 480
     rows = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().splitlines()]
-    assert len(rows) == 60 and sum(r["output"] is not None for r in rows) >= 55
+    assert 55 <= len(rows) <= 60 and all(r["output"] is not None for r in rows)
     before = o.requests
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and o.requests == before  # fully cached: zero calls
@@ -235,6 +235,41 @@ def test_keys_never_reach_files_or_output(oracle, tmp_path, kolm_home):
         timeout=120,
     )
     assert bad.returncode == 7 and "refused the API key" in bad.stderr and SECRET not in bad.stderr
+
+
+def test_label_writes_only_labeled_rows_and_min_agreement_drops_weak_votes(
+    oracle, tmp_path, kolm_home
+):
+    o, url = oracle(p_correct=0.5, p_malformed=0.4, seed=3)
+    inputs = INPUTS[:20]
+    (tmp_path / "unlabeled.txt").write_text("\n".join(inputs) + "\n")
+    rows = [{"input": e.input, "output": e.output} for e in SEEDS]
+    (tmp_path / "seeds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = tmp_path / "kolm.yaml"
+    spec.write_text(
+        "name: tickets\ndescription: Route the ticket to a queue.\nexamples: seeds.jsonl\n"
+        "unlabeled: unlabeled.txt\n"
+        f"teacher: {{model: 'openai-compatible:oracle@{url}/v1', k: 4}}\n"
+    )
+    env = {"OPENAI_API_KEY": SECRET, "KOLM_HOME": str(kolm_home)}
+
+    def run(out: str, *extra: str) -> tuple[list[dict], str]:
+        cmd, full = _kolm("label", str(spec), "--out", str(tmp_path / out), "-q", *extra, env=env)
+        r = subprocess.run(cmd, env=full, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        lines = (tmp_path / out).read_text().splitlines()
+        return [json.loads(x) for x in lines], r.stdout
+
+    every, summary = run("all.jsonl")
+    labeled = int(re.search(r"inputs labeled\s+(\d+) of 20", summary).group(1))
+    assert labeled < 20  # some inputs got no verified answer at all...
+    assert len(every) == labeled and all(
+        r["output"] is not None for r in every
+    )  # ...and are left out
+    assert f"written  {labeled} pairs" in re.sub(r" {2,}", "  ", summary)
+    strict, summary = run("strict.jsonl", "--min-agreement", "0.75")  # cached: no new calls
+    assert all(r["agreement"] >= 0.75 for r in strict) and len(strict) < len(every)
+    assert "min agreement" in summary and "75% of k" in summary
 
 
 def test_local_llamacpp_teacher_for_real(tmp_path):

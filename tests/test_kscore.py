@@ -188,8 +188,20 @@ def test_label_metrics_macro_f1_and_confusion():
     assert m["per_class"]["a"] == {"precision": 1.0, "recall": 0.5, "f1": 0.6667, "support": 2}
     assert m["per_class"]["b"]["precision"] == pytest.approx(0.6667, abs=1e-4)
     assert m["per_class"]["c"]["f1"] == 0.0
-    assert m["macro_f1"] == pytest.approx((0.6667 + 0.8 + 0.0) / 3, abs=1e-4)
+    # a, b, c and the out-of-set "zzz" (counted once as "(other)", F1 0)
+    assert m["macro_f1"] == pytest.approx((0.6667 + 0.8 + 0.0 + 0.0) / 4, abs=1e-4)
     assert m["confusion"]["labels"][-1] == "(other)" and m["confusion"]["matrix"][2][-1] == 1
+
+
+def test_macro_f1_averages_classes_predicted_but_never_expected():
+    gold = ["a", "a", "b", "b"]
+    got = ["a", "c", "b", "b"]  # "c" is a valid label the gold data never uses
+    m = label_metrics(got, gold, ["a", "b", "c"])
+    f1_a, f1_b = m["per_class"]["a"]["f1"], m["per_class"]["b"]["f1"]
+    assert m["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert m["macro_f1"] == pytest.approx((f1_a + f1_b + 0.0) / 3, abs=1e-4)
+    perfect = label_metrics(["a", "b"], ["a", "b"], ["a", "b", "c"])
+    assert perfect["macro_f1"] == 1.0  # a label neither expected nor predicted is not averaged
 
 
 def test_json_metrics_per_field():

@@ -124,3 +124,37 @@ def test_no_store_io_keeps_hashes_only(tmp_path):
     assert store.verify().ok
     with pytest.raises(Exception, match="no receipt"):
         store.get("99")
+
+
+@pytest.mark.parametrize(
+    "body", ["{not json", "[1, 2]", '{"seq": 2}', '"a string"', "null"], ids=str
+)
+def test_a_malformed_body_breaks_the_chain_at_its_receipt_not_with_a_traceback(tmp_path, body):
+    import hashlib
+
+    from .conftest import run_cli
+
+    path = tmp_path / "r.sqlite"
+    fill(ReceiptStore(path), 3)
+    db = sqlite3.connect(path)
+    rid = hashlib.sha256(body.encode()).hexdigest()  # a forger keeps the id consistent
+    db.execute("UPDATE receipts SET body=?, id=? WHERE seq=2", (body, rid))
+    db.execute("UPDATE receipts SET prev=? WHERE seq=3", (rid,))
+    db.commit()
+    report = ReceiptStore(path).verify()
+    assert not report.ok and report.first_broken == 2 and "malformed body" in report.problem
+    r = run_cli("receipts", "verify", "--receipts", str(path))
+    assert r.returncode == 9 and "chain broken at 2" in r.stderr and "Traceback" not in r.stderr
+    shown = run_cli("receipts", "show", "2", "--receipts", str(path))
+    assert shown.returncode == 9 and "malformed body" in shown.stderr
+    assert "Traceback" not in shown.stderr
+
+
+def test_id_prefixes_are_literal_not_sql_wildcards(tmp_path):
+    store = ReceiptStore(tmp_path / "r.sqlite")
+    fill(store, 1)
+    rid = store.get("1").id
+    assert store.get(rid[:8]).id == rid
+    for ref in ("%", "%%%%%%%%", "________", rid[:7] + "_", rid[:4] + "%"):
+        with pytest.raises(Exception, match="no receipt matches"):
+            store.get(ref)

@@ -135,20 +135,18 @@ def server(compiled, env, tmp_path):
 
     servers = []
 
-    def start(queue_size: int = 64, api_key: str | None = None):
+    def start(queue_size: int = 64, api_key: str | None = None, **app_kw):
         store = ReceiptStore(tmp_path / f"r{len(servers)}.sqlite")
-        worker = Worker(Runner(compiled["out"], receipts=store), queue_size)
+        worker = Worker(Runner(compiled["out"], receipts=store, threads=1), queue_size)
         port = _free_port()
-        srv = uvicorn.Server(
-            uvicorn.Config(
-                make_app(worker, "toy", api_key), host="127.0.0.1", port=port, log_level="error"
-            )
-        )
+        app = make_app(worker, "toy", api_key, **app_kw)
+        srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
         threading.Thread(target=srv.run, daemon=True).start()
         deadline = time.time() + 30
         while not srv.started and time.time() < deadline:
             time.sleep(0.05)
         servers.append((srv, worker))
+        start.worker = worker
         return f"http://127.0.0.1:{port}", store
 
     yield start
@@ -227,3 +225,137 @@ def test_a_full_queue_answers_503_and_loses_no_receipt(server):
     codes = [r.status_code for r in asyncio.run(burst())]
     assert 503 in codes and 200 in codes and set(codes) <= {200, 503}
     assert store.count() == codes.count(200) and store.verify().ok
+
+
+def test_hostile_headers_and_parts_get_4xx_and_every_status_is_counted(server):
+    url, _ = server(api_key="s3cret")
+    auth = {"authorization": "Bearer s3cret"}
+    chat = f"{url}/v1/chat/completions"
+    ok_body = {"model": "toy", "messages": [{"role": "user", "content": "heavy rain"}]}
+    for value in ("Bearer ключ".encode(), b"Bearer s3cr\xe9t", b"\xff\xfe"):
+        assert httpx.post(chat, json=ok_body, headers={"authorization": value}).status_code == 401
+    parts = [
+        [{"type": "text", "text": 5}],
+        [{"type": "text", "text": ["heavy rain"]}],
+        [{"type": "image_url", "image_url": {"url": "x"}}],
+        ["heavy rain"],
+    ]
+    for content in parts:
+        body = {"model": "toy", "messages": [{"role": "user", "content": content}]}
+        r = httpx.post(chat, json=body, headers=auth)
+        assert r.status_code == 400 and "part 0" in r.json()["error"]["message"], r.text
+    good = [{"type": "text", "text": "heavy "}, {"type": "text", "text": "rain"}]
+    body = {"model": "toy", "messages": [{"role": "user", "content": good}]}
+    assert httpx.post(chat, json=body, headers=auth).json()["choices"][0]["message"]["content"]
+    assert httpx.get(f"{url}/metrics").status_code == 401  # the key guards the metrics too
+    metrics = httpx.get(f"{url}/metrics", headers=auth).text
+    assert 'kolm_requests_total{status="401"} 4' in metrics  # 3 posts + the bare /metrics
+    assert 'kolm_requests_total{status="400"} 4' in metrics
+    assert 'kolm_requests_total{status="500"}' not in metrics
+
+
+def test_unsupported_fields_are_refused_by_name_and_usage_counts_tokens(server):
+    url, _ = server()
+    msg = [{"role": "user", "content": "Tell me about the violin"}]
+    chat = f"{url}/v1/chat/completions"
+    for field, value in [
+        ("n", 2),
+        ("logprobs", True),
+        ("top_logprobs", 3),
+        ("tools", [{"type": "function", "function": {"name": "f"}}]),
+        ("response_format", {"type": "json_object"}),
+        ("frobnicate", 1),
+    ]:
+        r = httpx.post(chat, json={"model": "toy", "messages": msg, field: value})
+        assert r.status_code == 400, (field, r.text)
+        assert (
+            repr(field) in r.json()["error"]["message"]
+            or f"{field}=" in r.json()["error"]["message"]
+        )
+        assert r.json()["error"]["code"] == "unsupported_field"
+    r = httpx.post(chat, json={"model": "toy", "messages": msg, "n": 1, "logprobs": False})
+    assert r.status_code == 200 and "x-kolm-ignored" not in r.headers
+    r = httpx.post(chat, json={"model": "toy", "messages": msg, "temperature": 0.7, "seed": 3})
+    assert r.status_code == 200 and r.headers["x-kolm-ignored"] == "seed,temperature"
+    usage = r.json()["usage"]
+    student = server.worker.runner.student
+    assert usage["prompt_tokens"] == len(student.prompt_tokens("Tell me about the violin")) > 5
+    assert usage["completion_tokens"] >= student.count_tokens("delta")
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    comp = httpx.post(f"{url}/v1/completions", json={"model": "toy", "prompt": ["heavy rain"]})
+    assert comp.status_code == 200 and comp.json()["choices"][0]["text"] == "charlie"
+    two = httpx.post(f"{url}/v1/completions", json={"model": "toy", "prompt": ["a", "b"]})
+    assert two.status_code == 400
+
+
+def test_big_bodies_get_413_before_they_are_read(server):
+    url, store = server(max_body_bytes=64 * 1024)
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: 200000000\r\n\r\n" + b"{" * 1000
+        )
+        head = s.recv(4096).decode()
+    assert head.startswith("HTTP/1.1 413"), head
+
+    def chunks():  # no content-length: counted while streaming
+        for _ in range(32):
+            yield b" " * 8192
+
+    r = httpx.post(f"{url}/v1/completions", content=chunks())
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    small = httpx.post(f"{url}/v1/completions", json={"model": "toy", "prompt": "snow"})
+    assert small.status_code == 200 and store.count() == 1
+    assert 'kolm_requests_total{status="413"} 2' in httpx.get(f"{url}/metrics").text
+
+
+def test_kolm_serve_reads_the_key_from_a_file_and_warns_about_it_in_argv(compiled, env, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    key_file = tmp_path / "key"
+    key_file.write_text("from-file-key\n")
+
+    def serve(*args: str) -> tuple[subprocess.Popen, str]:
+        port = _free_port()
+        cmd = [
+            sys.executable,
+            "-c",
+            "from kolm.cli import main; main()",
+            "serve",
+            str(compiled["out"]),
+            "--port",
+            str(port),
+            "--threads",
+            "1",
+            "--receipts",
+            str(tmp_path / "r.sqlite"),
+            *args,
+        ]
+        proc = subprocess.Popen(cmd, env={**os.environ, **env}, stderr=subprocess.PIPE, text=True)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                httpx.get(f"{url}/healthz", timeout=1)
+                return proc, url
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        proc.kill()
+        raise AssertionError(proc.stderr.read())
+
+    proc, url = serve("--api-key-file", str(key_file))
+    try:
+        assert httpx.get(f"{url}/metrics").status_code == 401
+        ok = httpx.get(f"{url}/metrics", headers={"authorization": "Bearer from-file-key"})
+        assert ok.status_code == 200 and "kolm_requests_total" in ok.text
+    finally:
+        proc.terminate()
+        err = proc.communicate(timeout=30)[1]
+    assert "1 llama.cpp threads" in err and "warning" not in err
+    proc, url = serve("--api-key", "in-argv")
+    proc.terminate()
+    err = proc.communicate(timeout=30)[1]
+    assert "visible to every user in `ps`" in err

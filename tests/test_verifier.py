@@ -94,3 +94,21 @@ def test_round_trip_as_data():
 def test_infer_schema_mixed_types():
     assert infer_schema([1, 2.5]) == {"type": "number"}
     assert infer_schema(["a", None]) == {"type": ["null", "string"]}
+
+
+def test_labels_with_too_few_examples_per_class_are_named_in_a_warning():
+    from kolm.verifier import label_shortfall
+
+    outputs = ["billing", "billing", "billing", "shipping", "shipping", "refund", "login"]
+    v = synthesize(outputs)
+    assert v.kind == "text"  # too few per class to read as a label set
+    warning = label_shortfall(v, outputs)
+    assert warning is not None and "3 of 4 classes have fewer than 3 examples" in warning
+    assert "'login' (1)" in warning and "'refund' (1)" in warning and "'shipping' (2)" in warning
+    assert "'billing'" not in warning
+    one_each = ["billing", "shipping", "refund", "login"]
+    assert "4 of 4 classes" in label_shortfall(synthesize(one_each), one_each)
+    labels = ["billing", "shipping"] * 3
+    assert label_shortfall(synthesize(labels), labels) is None  # a label task already
+    prose = ["The parcel is late.", "Refund sent to the card.", "Fixed in 2.1.", "See FAQ 4."]
+    assert label_shortfall(synthesize(prose), prose) is None  # free text, nothing repeats

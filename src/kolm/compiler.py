@@ -29,7 +29,7 @@ from kolm.prompt import PromptFormat, format_from_gguf
 from kolm.report import write_reports
 from kolm.runtime import Decoding, Student, llama_cpp_version
 from kolm.spec import TaskSpec, TeacherConfig
-from kolm.verifier import Verifier, check_seeds, synthesize
+from kolm.verifier import Verifier, check_seeds, label_shortfall, synthesize
 
 Log = Callable[[str], None]
 PROMPT_VERSION = 2
@@ -53,6 +53,8 @@ class Prepared:
     output_kind: str
     labels: list[str]
     verifier: Verifier
+    warnings: list[str] = field(default_factory=list)
+    """Things worth saying before the work starts (e.g. label classes too small)."""
 
     def __post_init__(self):
         self.seeds = list(self.train)  # the seed training split, before teacher labels join it
@@ -106,7 +108,19 @@ def prepare(spec: TaskSpec, extra_inputs: list[str] | None = None) -> Prepared:
     unlabeled = [x for x in unlabeled if x not in seen]
     labels = list(verifier.labels)
     fmt = format_from_gguf(base.gguf)
-    return Prepared(spec, base, fmt, train, held, unlabeled, verifier.kind, labels, verifier)
+    shortfall = label_shortfall(verifier, outputs)
+    return Prepared(
+        spec,
+        base,
+        fmt,
+        train,
+        held,
+        unlabeled,
+        verifier.kind,
+        labels,
+        verifier,
+        [shortfall] if shortfall else [],
+    )
 
 
 def run_distill(
@@ -172,6 +186,8 @@ def compile_task(
     timings: dict[str, float] = {}
     t = time.perf_counter()
     p = prepare(spec, extra_inputs or [])
+    for warning in p.warnings:
+        log(f"kolm: warning: {warning}")
     keys = keys or KeyStore()
     keys.ensure()
     base_sha = p.base.sha256()

@@ -71,6 +71,64 @@ def load_inputs(path: Path) -> list[str]:
     return list(dict.fromkeys(inputs))
 
 
+@dataclass(frozen=True)
+class BatchLine:
+    """One line of a batch to answer, or why it cannot be answered."""
+
+    line: int
+    """Line number in the file (for CSV, the record number; the header is 1)."""
+    input: str | None
+    error: str | None = None
+
+
+BATCH_FORMATS = ("text", "jsonl", "csv")
+
+
+def batch_format(path: Path | None) -> str:
+    """The batch format a file's name implies: JSONL, CSV, else one input per line."""
+    suffix = path.suffix.lower() if path is not None else ""
+    return {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv"}.get(suffix, "text")
+
+
+def read_batch(text: str, fmt: str) -> list[BatchLine]:
+    """Every line of a batch, in order, duplicates kept; a bad line carries its error.
+
+    Blank lines are lines too (answered with an error), so the answers line up
+    with the input one to one."""
+    if fmt == "csv":
+        return _csv_batch(text)
+    lines = []
+    for n, raw in enumerate(text.splitlines(), 1):
+        value: object = raw
+        if fmt == "jsonl" and raw.strip():
+            try:
+                row = json.loads(raw)
+            except json.JSONDecodeError as e:
+                lines.append(BatchLine(n, None, f"not valid JSON ({e.msg})"))
+                continue
+            value = row.get("input") if isinstance(row, dict) else None
+            if not isinstance(value, str):
+                lines.append(BatchLine(n, None, "needs a JSON object with a string field 'input'"))
+                continue
+        lines.append(_batch_line(n, value))
+    return lines
+
+
+def _batch_line(n: int, value: object) -> BatchLine:
+    if not isinstance(value, str) or not value.strip():
+        return BatchLine(n, None, "empty input")
+    return BatchLine(n, value.strip())
+
+
+def _csv_batch(text: str) -> list[BatchLine]:
+    rows, problems = _csv_rows(text)
+    if problems and not rows:
+        return [BatchLine(1, None, problems[0])]
+    lines = [BatchLine(_line_number(p), None, p.split(": ", 1)[1]) for p in problems]
+    lines += [_batch_line(_line_number(where + ":"), row.get("input")) for where, row in rows]
+    return sorted(lines, key=lambda b: b.line)
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     with path.open("w", encoding="utf-8") as f:
         for row in rows:
@@ -139,6 +197,20 @@ def _line_number(problem: str) -> int:
     return int(m.group(1)) if m else 0
 
 
+def read_text(path: Path | None) -> str:
+    """A UTF-8 text file, or standard input when `path` is None."""
+    if path is not None:
+        return _read_text(path)
+    import sys
+
+    try:
+        return sys.stdin.buffer.read().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError(
+            [f"not UTF-8 text ({e.reason} at byte {e.start})"], source="stdin"
+        ) from None
+
+
 def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
@@ -173,10 +245,23 @@ def _read_rows(path: Path) -> tuple[list[tuple[str, dict]], list[str]]:
 
 
 def _csv_rows(text: str) -> tuple[list[tuple[str, dict]], list[str]]:
+    """Rows numbered from 2 (the header is row 1); a row with more cells than the header is
+    reported, not read (its extra cells would be silently dropped)."""
     reader = csv.DictReader(text.splitlines())
     if not reader.fieldnames or "input" not in reader.fieldnames:
         return [], ["CSV needs a header row with columns 'input' and 'output'"]
-    return [(f"row {n}", dict(r)) for n, r in enumerate(reader, 2)], []
+    rows, problems = [], []
+    width = len(reader.fieldnames)
+    for n, r in enumerate(reader, 2):
+        extra = r.pop(None, None)  # type: ignore[call-overload]
+        if extra:
+            problems.append(
+                f"row {n}: {width + len(extra)} cells but the header has {width} columns "
+                "(quote cells that contain commas)"
+            )
+        else:
+            rows.append((f"row {n}", r))
+    return rows, problems
 
 
 def _raise_if(problems: list[str], path: Path) -> None:

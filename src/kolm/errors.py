@@ -80,3 +80,11 @@ class ReceiptError(KolmError):
     """The receipts log cannot be read, or a receipt cannot be found or replayed."""
 
     exit_code = 9
+
+
+class InputError(KolmError):
+    """One input cannot be answered (empty, too long for the context); others still can.
+
+    A batch records it for that line and goes on, and exits with this code at the end."""
+
+    exit_code = 11

@@ -106,7 +106,8 @@ def task_metrics(kind: str, outputs: Sequence[str], expected: Sequence[str], ver
 
 
 def label_metrics(got: Sequence[str], gold: Sequence[str], labels: list[str]) -> dict:
-    """Macro-F1, a per-class table and the confusion matrix (rows: expected, cols: predicted)."""
+    """Macro-F1 over the union of expected and predicted labels, a per-class table and the
+    confusion matrix (rows: expected, cols: predicted)."""
     classes = sorted(set(labels) | set(gold))
     other = "(other)"
     cols = classes + ([other] if any(g not in classes for g in got) else [])
@@ -128,8 +129,12 @@ def label_metrics(got: Sequence[str], gold: Sequence[str], labels: list[str]) ->
             "f1": round(f1, 4),
             "support": support,
         }
-    present = [c for c in classes if per_class[c]["support"]]
-    macro = sum(per_class[c]["f1"] for c in present) / len(present) if present else 0.0
+    # Average over every class that was expected or predicted (as scikit-learn does):
+    # a class only ever predicted wrongly scores 0 instead of vanishing from the mean,
+    # and predictions outside the label set count once, as "(other)", with F1 0.
+    averaged = [per_class[c]["f1"] for c in classes if c in set(gold) | set(got)]
+    averaged += [0.0] if other in cols else []
+    macro = sum(averaged) / len(averaged) if averaged else 0.0
     return {
         "macro_f1": round(macro, 4),
         "per_class": per_class,

@@ -181,12 +181,14 @@ class ReceiptStore:
         return self._db.execute("SELECT COUNT(*) FROM receipts").fetchone()[0]
 
     def get(self, ref: str) -> Receipt:
-        """By id or id prefix (8+ hex chars), or by sequence number."""
+        """By id or id prefix (8+ hex chars), or by sequence number.
+
+        The prefix is matched literally (`%` and `_` are not wildcards)."""
         if ref.isdigit() and len(ref) < 8:
             rows = self._db.execute("SELECT * FROM receipts WHERE seq=?", (int(ref),)).fetchall()
         else:
             rows = self._db.execute(
-                "SELECT * FROM receipts WHERE id LIKE ?", (ref + "%",)
+                "SELECT * FROM receipts WHERE substr(id, 1, ?) = ? LIMIT 2", (len(ref), ref)
             ).fetchall()
         if len(rows) != 1:
             what = "no receipt" if not rows else f"{len(rows)} receipts"
@@ -260,23 +262,44 @@ def _check_row(
 ) -> str | None:
     if seq != expected_seq:
         return f"receipt {expected_seq} is missing (next is {seq})"
-    if hashlib.sha256(body.encode()).hexdigest() != rid:
+    if not isinstance(body, str) or hashlib.sha256(body.encode()).hexdigest() != rid:
         return f"receipt {seq} was edited (its hash does not match its contents)"
-    data = json.loads(body)
+    data = _body(body)
+    if data is None:
+        return f"receipt {seq} has a malformed body (not a receipt's JSON fields)"
     if data["seq"] != seq or data["prev"] != rprev:
         return f"receipt {seq} was moved (its recorded position differs)"
     if rprev != prev:
         return f"receipt {seq} does not follow receipt {seq - 1} (reordered or replaced)"
-    if not hmac_mod.compare_digest(keys.mac(rid.encode()), mac):
+    if not isinstance(mac, str) or not hmac_mod.compare_digest(keys.mac(rid.encode()), mac):
         return f"receipt {seq} has a bad HMAC (not written with this machine's key)"
-    if text_in is not None and sha256_text(text_in) != data["input_sha256"]:
+    if text_in is not None and (
+        not isinstance(text_in, str) or sha256_text(text_in) != data["input_sha256"]
+    ):
         return f"receipt {seq}: stored input was edited"
-    if text_out is not None and sha256_text(text_out) != data["output_sha256"]:
+    if text_out is not None and (
+        not isinstance(text_out, str) or sha256_text(text_out) != data["output_sha256"]
+    ):
         return f"receipt {seq}: stored output was edited"
     return None
 
 
+def _body(body: str) -> dict | None:
+    """A receipt body's fields, or None when it is not exactly a receipt's fields."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or set(data) != set(_BODY_FIELDS):
+        return None
+    return data
+
+
 def _to_receipt(row) -> Receipt:
     seq, rid, prev, body, text_in, text_out, _ = row
-    data = json.loads(body)
+    data = _body(body) if isinstance(body, str) else None
+    if data is None:
+        raise ReceiptError(
+            f"receipt {seq} has a malformed body", hint="kolm receipts verify shows the chain"
+        )
     return Receipt(id=rid, input=text_in, output=text_out, **data)

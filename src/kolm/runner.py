@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from kolm import __version__
 from kolm.artifact import Artifact, open_artifact
 from kolm.drift import DriftStore, drift_reason
-from kolm.errors import ReceiptError
+from kolm.errors import BaseModelError, ReceiptError
 from kolm.keys import KeyStore
 from kolm.prompt import PromptFormat
 from kolm.receipts import ReceiptStore, sha256_text
@@ -36,13 +36,28 @@ def load_student(
     if threads:
         decoding = replace(decoding, threads=threads)
     student = Student(
-        art.base_path(base),
+        _base_path(art, base),
         art.materialize("adapter.gguf"),
         PromptFormat.from_dict(config["prompt_format"]),
         config["instruction"],
         decoding,
     )
     return art, student
+
+
+def _base_path(art: Artifact, base: Path | None) -> Path:
+    """The artifact's base; a `--base` given for an embedded base is used only if it is the same file."""
+    if base is None or not art.manifest["base"].get("embedded"):
+        return art.base_path(base)
+    from kolm.artifact import locate_base
+
+    try:
+        return locate_base(art.manifest["base"], base)  # same sha256: load it, skip extracting
+    except BaseModelError as e:
+        raise BaseModelError(
+            f"{e.message}; this artifact embeds its own base",
+            hint="drop --base (it is only for artifacts built with --no-embed-base)",
+        ) from None
 
 
 def load_verifier(art: Artifact) -> Verifier | None:
@@ -52,14 +67,20 @@ def load_verifier(art: Artifact) -> Verifier | None:
     return Verifier.from_dict(art.read_json("verifier.json"))
 
 
-def eval_artifact(path: Path, data: Path, base: Path | None = None, progress: bool = True) -> dict:
+def eval_artifact(
+    path: Path,
+    data: Path,
+    base: Path | None = None,
+    progress: bool = True,
+    threads: int | None = None,
+) -> dict:
     """Score an artifact on new labeled data with the metrics compile uses."""
     from kolm.data import load_examples
     from kolm.evaluate import run_and_score, task_metrics
     from kolm.verifier import synthesize
 
     examples = load_examples(data)
-    art, student = load_student(path, base=base)
+    art, student = load_student(path, base=base, threads=threads)
     verifier = load_verifier(art) or synthesize([e.output for e in examples])
     try:
         scored = run_and_score(
@@ -93,6 +114,17 @@ class Result:
     latency_s: float
     receipt: str | None
     drift: str | None
+    prompt_tokens: int = 0
+    """Tokens of the whole prompt the student read (template included)."""
+    completion_tokens: int = 0
+    """Tokens of the output, counted with the student's tokenizer (whoever answered)."""
+    finish_reason: str = "stop"
+    """`stop`, or `length` when the answer hit max_tokens."""
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["latency_s"] = round(self.latency_s, 4)
+        return d
 
 
 class Runner:
@@ -132,10 +164,12 @@ class Runner:
         output, path = ans.output, "student"
         verified, rule, _ = self._check(output)
         reason = drift_reason(verified, rule, ans.confidence, self.min_confidence)
+        n_out, finish = ans.completion_tokens, ans.finish_reason
         if reason and self._fallback is not None:
             reply, path = self._fallback(text)
             verified, rule, normalized = self._check(reply)
             output = normalized if verified else reply
+            n_out, finish = self.student.count_tokens(output), "stop"
         receipt = None
         if self.receipts is not None:
             receipt = self.receipts.append(
@@ -153,7 +187,18 @@ class Runner:
         if reason and self.drift is not None:
             self.drift.add(self.artifact.id, text, ans.output, reason, ans.confidence, receipt)
         return Result(
-            text, output, path, verified, rule, ans.confidence, ans.latency_s, receipt, reason
+            text,
+            output,
+            path,
+            verified,
+            rule,
+            ans.confidence,
+            ans.latency_s,
+            receipt,
+            reason,
+            ans.prompt_tokens,
+            n_out,
+            "length" if finish == "length" else "stop",
         )
 
     def _check(self, output: str) -> tuple[bool | None, str | None, str]:
@@ -220,6 +265,7 @@ def replay(
     artifact: Path | None = None,
     text: str | None = None,
     base: Path | None = None,
+    threads: int | None = None,
 ) -> Replay:
     """Re-run a receipt's input with its recorded settings on the same artifact; compare output hashes."""
     r = store.get(receipt_ref)
@@ -237,7 +283,7 @@ def replay(
         raise ReceiptError("that input is not the one this receipt recorded (sha256 differs)")
     path = Path(artifact or r.artifact_path)
     decoding = Decoding(**r.settings["decoding"])
-    runner_art, student = load_student(path, base=base, decoding=decoding)
+    runner_art, student = load_student(path, base=base, threads=threads, decoding=decoding)
     try:
         if runner_art.id != r.artifact_id:
             raise ReceiptError(

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from kolm.errors import RuntimeFailure
+from kolm.errors import InputError, RuntimeFailure
 from kolm.prompt import PromptFormat, token_ids
 
 
@@ -29,15 +29,30 @@ class Decoding:
     n_ctx: int = 1024
     n_batch: int = 512
     threads: int = 0
+    """llama.cpp threads; 0 means `default_threads()`."""
 
     def resolved(self) -> Decoding:
-        threads = self.threads or min(os.cpu_count() or 1, 8)
+        threads = self.threads or default_threads()
         return Decoding(
             self.max_tokens, self.temperature, self.seed, self.n_ctx, self.n_batch, threads
         )
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def default_threads() -> int:
+    """llama.cpp threads when none are given: every usable core but one, at most 8.
+
+    llama.cpp's workers spin while they wait, so one thread per core collapses when
+    anything else wants a core (2 cores beside one busy process: 1 thread answers in
+    0.8 s, 2 threads gave no answer in 150 s; docs/benchmarks.md). The core left
+    over keeps answers fast on a busy machine and serves HTTP in `kolm serve`."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores - 1, 8))
 
 
 @dataclass(frozen=True)
@@ -84,15 +99,21 @@ class Student:
     def _tokenize(self, text: str, special: bool) -> list[int]:
         return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
 
+    def count_tokens(self, text: str) -> int:
+        """How many tokens `text` is for this model (as plain text)."""
+        return len(self._tokenize(text, False))
+
     def prompt_tokens(self, user_input: str, context: Sequence[str] = ()) -> list[int]:
         """The prompt's token ids; only the chat template's own text can be control tokens."""
         return token_ids(self.fmt.segments(self.instruction, user_input, context), self._tokenize)
 
     def answer(self, user_input: str, context: Sequence[str] = ()) -> Answer:
         d = self.decoding
+        if not user_input.strip():
+            raise InputError("empty input: there is nothing to answer")
         tokens = self.prompt_tokens(user_input, context)
         if len(tokens) + d.max_tokens > d.n_ctx:
-            raise RuntimeFailure(
+            raise InputError(
                 f"input too long: {len(tokens)} prompt tokens + {d.max_tokens} answer tokens "
                 f"exceed the context of {d.n_ctx}",
                 hint="shorten the input",

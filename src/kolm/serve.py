@@ -4,7 +4,13 @@
 `/v1/models`, `/healthz` and `/metrics` (Prometheus text). llama.cpp contexts
 are not thread-safe, so one worker thread owns the Runner and takes requests
 from a bounded queue; when the queue is full the server answers 503 at once.
-Binds to 127.0.0.1 unless told otherwise, and then requires an API key.
+Binds to 127.0.0.1 unless told otherwise, and then requires an API key (which
+then guards every route but `/healthz`). Bodies are capped (`max_body_bytes`) and
+refused with 413 before they are read whole. A request field that kolm cannot
+honour (`n` > 1, `logprobs`, tools, ...) is refused with 400 naming it; sampling
+fields are accepted but the recorded greedy decoding answers (so receipts
+replay), and the `x-kolm-ignored` header names them. `usage` counts the model's
+tokens.
 Knows HTTP; the answering is `runner.Runner`'s. (FastAPI is imported at module
 level because it resolves the handlers' annotations by name; only `kolm serve`
 imports this module.)
@@ -24,9 +30,42 @@ from dataclasses import dataclass, field
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
+from kolm.errors import InputError, KolmError
 from kolm.runner import Result, Runner
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+MAX_BODY_BYTES = 1 << 20
+# Accepted; the artifact's recorded greedy decoding answers anyway (named in x-kolm-ignored).
+IGNORED_FIELDS = frozenset(
+    {
+        "temperature",
+        "top_p",
+        "seed",
+        "max_tokens",
+        "max_completion_tokens",
+        "stop",
+        "presence_penalty",
+        "frequency_penalty",
+    }
+)
+# Accepted and meaningless here: client bookkeeping.
+PASSIVE_FIELDS = frozenset({"user", "metadata", "store", "stream_options"})
+# Accepted only at the value kolm gives anyway; any other value is a 400 naming the field.
+ONLY_VALUE = {
+    "n": (1,),
+    "best_of": (1,),
+    "stream": (False,),
+    "logprobs": (False, 0),
+    "top_logprobs": (0,),
+    "echo": (False,),
+    "suffix": ("",),
+    "logit_bias": ({},),
+    "tools": ([],),
+    "functions": ([],),
+    "tool_choice": ("none",),
+    "parallel_tool_calls": (False, True),
+    "response_format": ({"type": "text"},),
+}
 
 
 @dataclass
@@ -87,121 +126,146 @@ def _settle(fut: asyncio.Future, result) -> None:
         fut.set_result(result)
 
 
+class BadRequest(Exception):
+    """A request kolm refuses; becomes an OpenAI-style error response."""
+
+    def __init__(self, status: int, message: str, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.code = status, message, code
+
+
 def make_app(
-    worker: Worker, model_name: str, api_key: str | None = None, max_input_chars: int = 8000
+    worker: Worker,
+    model_name: str,
+    api_key: str | None = None,
+    max_input_chars: int = 8000,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ):
     app = FastAPI(title="kolm", docs_url=None, redoc_url=None)
     runner = worker.runner
+    key = api_key.encode("utf-8") if api_key else None
 
-    def error(status: int, message: str, kind: str, code: str | None = None) -> JSONResponse:
-        worker.stats.requests[status] += 1
-        return JSONResponse(
-            {"error": {"message": message, "type": kind, "code": code}}, status_code=status
-        )
+    @app.middleware("http")
+    async def count_statuses(request: Request, call_next):
+        """Every response is counted by status here, the unexpected 500s too."""
+        try:
+            response = await call_next(request)
+        except Exception as e:  # a bug: answer like OpenAI does, and count it
+            response = _error(500, f"internal error: {type(e).__name__}", "server_error")
+        with worker.stats.lock:
+            worker.stats.requests[response.status_code] += 1
+        return response
 
     def authorized(request: Request) -> bool:
-        if not api_key:
+        if key is None:
             return True
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        return hmac.compare_digest(given, api_key)
+        # Header values arrive as latin-1 text; compare their bytes, so any byte is a wrong key.
+        given = request.headers.get("authorization", "").encode("latin-1")
+        given = given.removeprefix(b"Bearer ").strip()
+        return hmac.compare_digest(given, key)
 
-    async def answer(request: Request, extract) -> tuple[Result | None, JSONResponse | None]:
-        if not authorized(request):
-            return None, error(
-                401, "missing or wrong API key", "authentication_error", "invalid_api_key"
-            )
+    async def read_body(request: Request) -> dict:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_body_bytes:
+            raise _too_large(f"{int(declared)} bytes", max_body_bytes)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_body_bytes:
+                raise _too_large(f"more than {max_body_bytes} bytes", max_body_bytes)
+            chunks.append(chunk)
         try:
-            body = json.loads(await request.body())
-        except ValueError:
-            return None, error(400, "the request body is not valid JSON", "invalid_request_error")
+            body = json.loads(b"".join(chunks))
+        except (ValueError, RecursionError):  # RecursionError: nested too deep
+            raise BadRequest(400, "the request body is not valid JSON") from None
         if not isinstance(body, dict):
-            return None, error(
-                400, "the request body must be a JSON object", "invalid_request_error"
-            )
+            raise BadRequest(400, "the request body must be a JSON object")
+        return body
+
+    async def answer(request: Request, extract, fields: frozenset) -> tuple[Result, list[str]]:
+        if not authorized(request):
+            raise BadRequest(401, "missing or wrong API key", "invalid_api_key")
+        body = await read_body(request)
         if body.get("model") not in (model_name, None):
-            return None, error(
+            raise BadRequest(
                 404,
                 f"model {body.get('model')!r} does not exist; this server serves {model_name!r}",
-                "invalid_request_error",
                 "model_not_found",
             )
-        if body.get("stream"):
-            return None, error(400, "stream=true is not supported", "invalid_request_error")
+        ignored = _check_fields(body, fields)
         text = extract(body)
         if not isinstance(text, str) or not text.strip():
-            return None, error(400, "no input text found in the request", "invalid_request_error")
+            raise BadRequest(400, "no input text found in the request")
         if len(text) > max_input_chars:
-            return None, error(
+            raise BadRequest(
                 413,
                 f"input is {len(text)} characters; the limit is {max_input_chars}",
-                "invalid_request_error",
                 "input_too_long",
             )
         try:
             fut = worker.submit(text, asyncio.get_running_loop())
         except queue.Full:
-            return None, error(503, "the model's queue is full; retry shortly", "overloaded_error")
+            raise BadRequest(503, "the model's queue is full; retry shortly") from None
         try:
-            result = await fut
-        except Exception as e:
-            return None, error(500 if not hasattr(e, "exit_code") else 400, str(e), "server_error")
-        worker.stats.requests[200] += 1
-        return result, None
+            return await fut, ignored
+        except InputError as e:
+            raise BadRequest(400, e.message) from None
+        except KolmError as e:  # the model or the fallback teacher failed: not the client's fault
+            raise BadRequest(500, e.message) from None
 
-    def headers(result: Result) -> dict[str, str]:
-        return {"x-kolm-receipt": result.receipt or "", "x-kolm-path": result.path}
+    async def respond(request: Request, extract, fields: frozenset, shape) -> JSONResponse:
+        try:
+            result, ignored = await answer(request, extract, fields)
+        except BadRequest as e:
+            return _error(
+                e.status, e.message, _KINDS.get(e.status, "invalid_request_error"), e.code
+            )
+        headers = {"x-kolm-receipt": result.receipt or "", "x-kolm-path": result.path}
+        if ignored:
+            headers["x-kolm-ignored"] = ",".join(ignored)
+        return JSONResponse(shape(result), headers=headers)
 
     def usage(result: Result) -> dict:
-        n_in, n_out = len(result.input.split()), len(result.output.split())
+        n_in, n_out = result.prompt_tokens, result.completion_tokens
         return {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}
+
+    def envelope(result: Result, kind: str, choice: dict) -> dict:
+        return {
+            "id": f"{'chatcmpl' if kind == 'chat.completion' else 'cmpl'}-"
+            f"{(result.receipt or 'x')[:24]}",
+            "object": kind,
+            "created": int(time.time()),
+            "model": model_name,
+            "choices": [
+                {"index": 0, **choice, "finish_reason": result.finish_reason, "logprobs": None}
+            ],
+            "usage": usage(result),
+        }
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        result, err = await answer(request, _last_user_message)
-        if err:
-            return err
-        return JSONResponse(
-            {
-                "id": f"chatcmpl-{(result.receipt or 'x')[:24]}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": model_name,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": result.output},
-                        "finish_reason": "stop",
-                        "logprobs": None,
-                    }
-                ],
-                "usage": usage(result),
-            },
-            headers=headers(result),
+        return await respond(
+            request,
+            _last_user_message,
+            CHAT_FIELDS,
+            lambda r: envelope(
+                r, "chat.completion", {"message": {"role": "assistant", "content": r.output}}
+            ),
         )
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        result, err = await answer(request, lambda b: b.get("prompt"))
-        if err:
-            return err
-        return JSONResponse(
-            {
-                "id": f"cmpl-{(result.receipt or 'x')[:24]}",
-                "object": "text_completion",
-                "created": int(time.time()),
-                "model": model_name,
-                "choices": [
-                    {"index": 0, "text": result.output, "finish_reason": "stop", "logprobs": None}
-                ],
-                "usage": usage(result),
-            },
-            headers=headers(result),
+        return await respond(
+            request,
+            _prompt,
+            COMPLETION_FIELDS,
+            lambda r: envelope(r, "text_completion", {"text": r.output}),
         )
 
     @app.get("/v1/models")
     async def models(request: Request):
         if not authorized(request):
-            return error(401, "missing or wrong API key", "authentication_error", "invalid_api_key")
+            return _unauthorized()
         return {
             "object": "list",
             "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "kolm"}],
@@ -212,24 +276,87 @@ def make_app(
         return {"status": "ok", "artifact": runner.artifact.id, "queue": worker.queue.qsize()}
 
     @app.get("/metrics")
-    async def metrics():
-        s = worker.stats
-        lines = ["# TYPE kolm_requests_total counter"]
-        lines += [f'kolm_requests_total{{status="{k}"}} {v}' for k, v in sorted(s.requests.items())]
-        lines += [
-            "# TYPE kolm_inference_seconds summary",
-            f"kolm_inference_seconds_sum {s.inference_seconds:.6f}",
-            f"kolm_inference_seconds_count {s.inferences}",
-            "# TYPE kolm_fallback_total counter",
-            f"kolm_fallback_total {s.fallbacks}",
-            "# TYPE kolm_drift_total counter",
-            f"kolm_drift_total {s.drift}",
-            "# TYPE kolm_queue_depth gauge",
-            f"kolm_queue_depth {worker.queue.qsize()}",
-        ]
-        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+    async def metrics(request: Request):
+        if not authorized(request):
+            return _unauthorized()
+        return PlainTextResponse(_metrics_text(worker), media_type="text/plain; version=0.0.4")
 
     return app
+
+
+CHAT_FIELDS = frozenset({"model", "messages"})
+COMPLETION_FIELDS = frozenset({"model", "prompt"})
+_KINDS = {401: "authentication_error", 503: "overloaded_error", 500: "server_error"}
+
+
+def _error(status: int, message: str, kind: str, code: str | None = None) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "code": code}}, status_code=status
+    )
+
+
+def _unauthorized() -> JSONResponse:
+    return _error(401, "missing or wrong API key", "authentication_error", "invalid_api_key")
+
+
+def _too_large(size: str, limit: int) -> BadRequest:
+    return BadRequest(
+        413,
+        f"the request body is {size}; the limit is {limit} (kolm serve --max-body-bytes)",
+        "request_too_large",
+    )
+
+
+def _check_fields(body: dict, own: frozenset) -> list[str]:
+    """Refuse what cannot be honoured, naming the field; return the sampling fields ignored."""
+    for name, value in body.items():
+        if name in own or name in PASSIVE_FIELDS or name in IGNORED_FIELDS:
+            continue
+        if name in ONLY_VALUE:
+            if value is None or any(
+                value == v and type(value) is type(v) for v in ONLY_VALUE[name]
+            ):
+                continue
+            allowed = " or ".join(json.dumps(v) for v in ONLY_VALUE[name])
+            raise BadRequest(
+                400,
+                f"{name}={json.dumps(value)[:60]} is not supported; kolm serve accepts only "
+                f"{name}={allowed}",
+                "unsupported_field",
+            )
+        raise BadRequest(400, f"unsupported field {name!r}", "unsupported_field")
+    return sorted(n for n in body if n in IGNORED_FIELDS and body[n] is not None)
+
+
+def _metrics_text(worker: Worker) -> str:
+    s = worker.stats
+    with s.lock:
+        requests = sorted(s.requests.items())
+    lines = ["# TYPE kolm_requests_total counter"]
+    lines += [f'kolm_requests_total{{status="{k}"}} {v}' for k, v in requests]
+    lines += [
+        "# TYPE kolm_inference_seconds summary",
+        f"kolm_inference_seconds_sum {s.inference_seconds:.6f}",
+        f"kolm_inference_seconds_count {s.inferences}",
+        "# TYPE kolm_fallback_total counter",
+        f"kolm_fallback_total {s.fallbacks}",
+        "# TYPE kolm_drift_total counter",
+        f"kolm_drift_total {s.drift}",
+        "# TYPE kolm_queue_depth gauge",
+        f"kolm_queue_depth {worker.queue.qsize()}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _prompt(body: dict) -> str | None:
+    prompt = body.get("prompt")
+    if isinstance(prompt, list):
+        if len(prompt) != 1 or not isinstance(prompt[0], str):
+            raise BadRequest(400, "prompt must be one string (batches of prompts: send one each)")
+        return prompt[0]
+    if prompt is not None and not isinstance(prompt, str):
+        raise BadRequest(400, "prompt must be a string")
+    return prompt
 
 
 def _last_user_message(body: dict) -> str | None:
@@ -241,5 +368,19 @@ def _last_user_message(body: dict) -> str | None:
         return None
     content = users[-1].get("content")
     if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        return "".join(_text_part(i, p) for i, p in enumerate(content))
+    if content is not None and not isinstance(content, str):
+        raise BadRequest(400, "the last user message's content must be a string or a list of parts")
     return content
+
+
+def _text_part(i: int, part: object) -> str:
+    if not isinstance(part, dict) or part.get("type", "text") != "text":
+        kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+        raise BadRequest(
+            400, f"message content part {i} is {kind!r}; only text parts are supported"
+        )
+    text = part.get("text")
+    if not isinstance(text, str):
+        raise BadRequest(400, f"message content part {i} has a non-string 'text'")
+    return text

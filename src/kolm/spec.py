@@ -79,7 +79,7 @@ class RunConfig:
     n_ctx: int = 1024
     """llama.cpp context size."""
     threads: int = 0
-    """llama.cpp threads; 0 uses every core."""
+    """llama.cpp threads; 0 uses the default (every core but one; `runtime.default_threads`)."""
 
     def check(self) -> list[str]:
         problems = []

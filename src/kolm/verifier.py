@@ -173,6 +173,35 @@ def synthesize(
     return Verifier(kind=kind, rules=tuple(rules), labels=allowed, schema=schema)
 
 
+LABEL_MIN_PER_CLASS = 3
+"""Examples per class, on average, before repeated short outputs are read as a label set."""
+
+
+def label_shortfall(verifier: Verifier, outputs: Sequence[str]) -> str | None:
+    """Why short, repeated outputs were not read as labels, naming the classes too small.
+
+    Outputs become a closed label set only when each label repeats (`data.is_label_task`);
+    with one or two examples per class the task silently becomes free text, which
+    checks far less. None when the outputs do not look like labels or already are."""
+    if verifier.kind != "text":
+        return None
+    outputs = [o.strip() for o in outputs]
+    counts = Counter(outputs)
+    short = all(len(o) <= 64 and "\n" not in o and len(o.split()) <= 4 for o in counts)
+    repeats = max(counts.values(), default=0) >= 2
+    one_word = all(len(o.split()) == 1 and not _is_number(o) for o in counts)
+    if not outputs or not short or not (repeats or one_word):
+        return None
+    small = sorted((n, o) for o, n in counts.items() if n < LABEL_MIN_PER_CLASS)
+    names = ", ".join(f"{o!r} ({n})" for n, o in small[:12])
+    more = f" and {len(small) - 12} more" if len(small) > 12 else ""
+    return (
+        f"the outputs look like labels but {len(small)} of {len(counts)} classes have fewer "
+        f"than {LABEL_MIN_PER_CLASS} examples: {names}{more}; kolm checks them as free text. "
+        "Add examples for those classes, or list the labels under verifier.labels"
+    )
+
+
 def check_seeds(verifier: Verifier, outputs: Sequence[str]) -> None:
     """A verifier that rejects a seed output is wrong: say which and why."""
     problems = []

@@ -1,6 +1,14 @@
-"""Helpers and options shared by several commands: tables, short text, the K line."""
+"""Helpers and options shared by several commands: tables, short text, the K line.
+
+Options used by more than one command are declared here once, so they read the
+same everywhere (`--threads`, `--base`, `--receipts`, `--drift`, ...).
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
+
+import click
 
 
 def _k_line(manifest: dict) -> str:
@@ -31,3 +39,44 @@ def _table(rows, header) -> str:
     out = [f"{header[0]:<{w}}  {header[1]}", line]
     out += [f"{a:<{w}}  {b}" for a, b in rows]
     return "\n".join(out)
+
+
+# -- options shared by the commands that run a model, declared once ----------------
+threads_option = click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="llama.cpp threads (default: every core but one; see docs/benchmarks.md).",
+)
+base_option = click.option(
+    "--base",
+    type=click.Path(path_type=Path),
+    help="Base GGUF for an artifact built with --no-embed-base.",
+)
+receipts_option = click.option(
+    "--receipts",
+    "receipts_path",
+    type=click.Path(path_type=Path),
+    help="Receipts file (default: $KOLM_HOME/receipts.sqlite).",
+)
+drift_option = click.option(
+    "--drift",
+    "drift_path",
+    type=click.Path(path_type=Path),
+    help="Drift file (default: $KOLM_HOME/drift.sqlite).",
+)
+min_confidence_option = click.option(
+    "--min-confidence",
+    type=float,
+    default=0.3,
+    show_default=True,
+    help="Answers with a smaller top-token margin count as drift.",
+)
+fallback_option = click.option(
+    "--fallback",
+    help="Teacher (provider:model) that answers drifting inputs instead. "
+    "Off by default: the only network use of run and serve.",
+)
+no_store_io_option = click.option(
+    "--no-store-io", is_flag=True, help="Keep only hashes of inputs and outputs in receipts."
+)
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from kolm.cli.app import cli
-from kolm.cli.common import _floor_line, _k_line, _table
+from kolm.cli.common import _floor_line, _k_line, _table, base_option, quiet_option, threads_option
 
 
 @cli.command("compile")
@@ -39,7 +39,7 @@ from kolm.cli.common import _floor_line, _k_line, _table
     type=click.Path(exists=True, path_type=Path),
     help="A drift file whose inputs the teacher labels too.",
 )
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@quiet_option
 def compile_cmd(
     spec: Path,
     out: Path | None,
@@ -80,31 +80,51 @@ def compile_cmd(
     "-o",
     type=click.Path(path_type=Path),
     required=True,
-    help="JSONL of verified pairs to write.",
+    help="JSONL of verified pairs to write (inputs left without a label are not written).",
 )
 @click.option("--teacher", help="Override teacher.model (provider:model).")
 @click.option("--k", type=int, help="Override teacher.k (samples per input).")
+@click.option(
+    "--min-agreement",
+    type=click.FloatRange(0, 1),
+    help="Override teacher.min_agreement: the share of the k samples the winning answer "
+    "needs; inputs below it are left unlabeled (e.g. 0.5 drops single-vote labels at k=8).",
+)
 @click.option("--cache", "cache_path", type=click.Path(path_type=Path), help="Teacher cache file.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@quiet_option
 def label_cmd(
-    spec: Path, out: Path, teacher: str | None, k: int | None, cache_path: Path | None, quiet: bool
+    spec: Path,
+    out: Path,
+    teacher: str | None,
+    k: int | None,
+    min_agreement: float | None,
+    cache_path: Path | None,
+    quiet: bool,
 ) -> None:
-    """Label SPEC's unlabeled inputs with its teacher; write verified pairs to --out."""
+    """Label SPEC's unlabeled inputs with its teacher; write verified pairs to --out.
+
+    Only inputs whose verified majority reaches teacher.min_agreement are written;
+    the others are counted in the summary."""
     from kolm.compiler import prepare, run_distill
     from kolm.data import write_jsonl
 
-    task = _load_task(spec, teacher=teacher, k=k)
+    task = _load_task(spec, teacher=teacher, k=k, min_agreement=min_agreement)
     if task.teacher is None:
         raise click.UsageError(
             "the spec has no teacher: add `teacher: provider:model` or pass --teacher"
         )
-    report = run_distill(prepare(task), cache_path, progress=not quiet)
+    prepared = prepare(task)
+    for warning in prepared.warnings:
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
+    report = run_distill(prepared, cache_path, progress=not quiet)
     tmp = out.with_name(out.name + ".partial")
-    write_jsonl(tmp, [x.to_dict() for x in report.items])
+    write_jsonl(tmp, [x.to_dict() for x in report.accepted])
     tmp.replace(out)
-    click.echo(
-        _table(_distill_rows(report.summary()) + [("written", str(out))], ("label summary", ""))
-    )
+    rows = _distill_rows(report.summary()) + [
+        ("min agreement", f"{task.teacher.min_agreement:.0%} of k"),
+        ("written", f"{len(report.accepted)} pairs to {out}"),
+    ]
+    click.echo(_table(rows, ("label summary", "")))
 
 
 def _drift_inputs(path: Path | None) -> list[str]:
@@ -116,7 +136,11 @@ def _drift_inputs(path: Path | None) -> list[str]:
 
 
 def _load_task(
-    spec: Path, steps: int | None = None, teacher: str | None = None, k: int | None = None
+    spec: Path,
+    steps: int | None = None,
+    teacher: str | None = None,
+    k: int | None = None,
+    min_agreement: float | None = None,
 ):
     import dataclasses
 
@@ -130,6 +154,10 @@ def _load_task(
         task = dataclasses.replace(task, teacher=dataclasses.replace(base, model=teacher))
     if k is not None and task.teacher is not None:
         task = dataclasses.replace(task, teacher=dataclasses.replace(task.teacher, k=k))
+    if min_agreement is not None and task.teacher is not None:
+        task = dataclasses.replace(
+            task, teacher=dataclasses.replace(task.teacher, min_agreement=min_agreement)
+        )
     return task
 
 
@@ -241,17 +269,21 @@ def cache_prune(model: str | None, before: str | None, cache_path: Path | None) 
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable metrics.")
-@click.option(
-    "--base",
-    type=click.Path(path_type=Path),
-    help="Base GGUF for an artifact built with --no-embed-base.",
-)
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def eval_cmd(artifact: Path, data: Path, as_json: bool, base: Path | None, quiet: bool) -> None:
+@base_option
+@threads_option
+@quiet_option
+def eval_cmd(
+    artifact: Path,
+    data: Path,
+    as_json: bool,
+    base: Path | None,
+    threads: int | None,
+    quiet: bool,
+) -> None:
     """Evaluate ARTIFACT on labeled DATA (JSONL/CSV of input, output) with compile's metrics."""
     from kolm.runner import eval_artifact
 
-    m = eval_artifact(artifact, data, base=base, progress=not quiet)
+    m = eval_artifact(artifact, data, base=base, progress=not quiet, threads=threads)
     if as_json:
         click.echo(json.dumps({k: v for k, v in m.items() if k != "outputs"}, indent=1))
         return

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from kolm.cli.app import cli
-from kolm.cli.common import _short
+from kolm.cli.common import _short, base_option, drift_option, receipts_option, threads_option
 
 
 @cli.group("receipts")
@@ -23,9 +23,7 @@ def _store(path: Path | None):
     return ReceiptStore(path)
 
 
-_receipts_opt = click.option(
-    "--receipts", "receipts_path", type=click.Path(path_type=Path), help="Receipts file."
-)
+_receipts_opt = receipts_option
 
 
 @receipts_group.command("list")
@@ -94,22 +92,24 @@ def receipts_anchor(receipts_path: Path | None) -> None:
     help="The artifact, if it moved since the receipt.",
 )
 @click.option("--input", "text", help="The input, for receipts written with --no-store-io.")
-@click.option(
-    "--base",
-    type=click.Path(path_type=Path),
-    help="Base GGUF for an artifact built with --no-embed-base.",
-)
+@base_option
+@threads_option
 def replay_cmd(
     receipt: str,
     receipts_path: Path | None,
     artifact: Path | None,
     text: str | None,
     base: Path | None,
+    threads: int | None,
 ) -> None:
-    """Re-run RECEIPT's input with its recorded settings; exit 10 if the output differs."""
+    """Re-run RECEIPT's input with its recorded settings; exit 10 if the output differs.
+
+    It uses the recorded llama.cpp thread count unless --threads says otherwise."""
     from kolm.runner import replay
 
-    r = replay(receipt, _store(receipts_path), artifact=artifact, text=text, base=base)
+    r = replay(
+        receipt, _store(receipts_path), artifact=artifact, text=text, base=base, threads=threads
+    )
     if r.build_differs:
         click.secho(
             f"note: llama.cpp {r.current_build} differs from the recorded {r.recorded_build}; "
@@ -130,7 +130,7 @@ def drift_group() -> None:
 
 
 @drift_group.command("list")
-@click.option("--drift", "drift_path", type=click.Path(path_type=Path), help="Drift file.")
+@drift_option
 @click.option("--artifact-id", help="Only this artifact (id prefix).")
 def drift_list(drift_path: Path | None, artifact_id: str | None) -> None:
     """One line per drifted input."""
@@ -142,7 +142,7 @@ def drift_list(drift_path: Path | None, artifact_id: str | None) -> None:
 
 @drift_group.command("export")
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--drift", "drift_path", type=click.Path(path_type=Path), help="Drift file.")
+@drift_option
 def drift_export(out: Path, drift_path: Path | None) -> None:
     """Write drift entries to OUT as JSONL."""
     from kolm.drift import DriftStore
