@@ -80,3 +80,9 @@ class ReceiptError(KolmError):
     """The receipts log cannot be read, or a receipt cannot be found or replayed."""
 
     exit_code = 9
+
+
+class RecallError(KolmError):
+    """A corpus cannot be indexed, or an index cannot be opened, read or queried."""
+
+    exit_code = 10
