@@ -45,6 +45,19 @@ def load_student(
     return art, student
 
 
+def load_grounder(art: Artifact, embedder: str | Path | None = None):
+    """The artifact's bundled index with the embedder that built it, or None without one."""
+    config = art.read_json("config.json")
+    if "recall" not in config:
+        return None
+    from kolm.recall.embed import EmbedderInfo
+    from kolm.recall.ground import Grounder
+
+    r = config["recall"]
+    info = EmbedderInfo.from_dict(r["embedder"])
+    return Grounder.open(art.materialize(r["part"]), info, r["k"], r["mode"], embedder)
+
+
 def load_verifier(art: Artifact) -> Verifier | None:
     """The artifact's verifier, or None for artifacts made before verifiers existed."""
     if "verifier.json" not in art.manifest["parts"]:
@@ -61,9 +74,14 @@ def eval_artifact(path: Path, data: Path, base: Path | None = None, progress: bo
     examples = load_examples(data)
     art, student = load_student(path, base=base)
     verifier = load_verifier(art) or synthesize([e.output for e in examples])
+    grounder = load_grounder(art)
+
+    def answer(text: str):
+        return student.answer(text, grounder.context(text) if grounder else ())
+
     try:
         scored = run_and_score(
-            student.answer,
+            answer,
             [e.input for e in examples],
             [e.output for e in examples],
             desc="eval",
@@ -93,6 +111,8 @@ class Result:
     latency_s: float
     receipt: str | None
     drift: str | None
+    context: tuple[str, ...] = ()
+    """Ids of the retrieved chunks the prompt was grounded in (empty without an index)."""
 
 
 class Runner:
@@ -117,6 +137,7 @@ class Runner:
         )
         self.path = str(Path(artifact).resolve())
         self.verifier = load_verifier(self.artifact)
+        self.grounder = load_grounder(self.artifact)
         self.receipts, self.drift = receipts, drift
         self.min_confidence = min_confidence
         self._fallback = _Fallback(self.artifact, fallback) if fallback else None
@@ -128,12 +149,14 @@ class Runner:
         }
 
     def __call__(self, text: str) -> Result:
-        ans = self.student.answer(text)
+        g = self.grounder
+        context, ids = (g.context(text), tuple(g.ids(text))) if g else ([], ())
+        ans = self.student.answer(text, context)
         output, path = ans.output, "student"
         verified, rule, _ = self._check(output)
         reason = drift_reason(verified, rule, ans.confidence, self.min_confidence)
         if reason and self._fallback is not None:
-            reply, path = self._fallback(text)
+            reply, path = self._fallback(text, context)
             verified, rule, normalized = self._check(reply)
             output = normalized if verified else reply
         receipt = None
@@ -149,11 +172,12 @@ class Runner:
                 failed_rule=rule,
                 path=path,
                 confidence=ans.confidence,
+                context=list(ids) if g else None,
             ).id
         if reason and self.drift is not None:
             self.drift.add(self.artifact.id, text, ans.output, reason, ans.confidence, receipt)
         return Result(
-            text, output, path, verified, rule, ans.confidence, ans.latency_s, receipt, reason
+            text, output, path, verified, rule, ans.confidence, ans.latency_s, receipt, reason, ids
         )
 
     def _check(self, output: str) -> tuple[bool | None, str | None, str]:
@@ -165,6 +189,8 @@ class Runner:
 
     def close(self) -> None:
         self.student.close()
+        if self.grounder is not None:
+            self.grounder.close()
 
 
 class _Fallback:
@@ -181,7 +207,7 @@ class _Fallback:
         self.demos = pick_demos(seeds, self.cfg.shots)
         self.instruction = art.read_json("config.json")["instruction"]
 
-    def __call__(self, text: str) -> tuple[str, str]:
+    def __call__(self, text: str, context: list[str] | None = None) -> tuple[str, str]:
         """The teacher's raw reply and the path name for the receipt."""
         from kolm.distill import build_request
         from kolm.teacher import Settings, TeacherRef, complete_with_retries, make_backend
@@ -194,7 +220,7 @@ class _Fallback:
             try:
                 return await complete_with_retries(
                     backend,
-                    build_request(self.instruction, self.demos, text, self.cfg),
+                    build_request(self.instruction, self.demos, text, self.cfg, context or ()),
                     0,
                     settings,
                 )
@@ -238,15 +264,24 @@ def replay(
     path = Path(artifact or r.artifact_path)
     decoding = Decoding(**r.settings["decoding"])
     runner_art, student = load_student(path, base=base, decoding=decoding)
+    grounder = None
     try:
         if runner_art.id != r.artifact_id:
             raise ReceiptError(
                 f"{path} is not the artifact that answered (id {r.artifact_id[:16]}…)",
                 hint="pass the right one with --artifact PATH",
             )
-        out = student.answer(text).output
+        context: list[str] = []
+        if r.context:  # the chunks the receipt recorded, not a fresh retrieval
+            grounder = load_grounder(runner_art)
+            if grounder is None:
+                raise ReceiptError(f"receipt {r.id[:12]} names chunks but {path} has no index")
+            context = grounder.by_ids(r.context)
+        out = student.answer(text, context).output
     finally:
         student.close()
+        if grounder is not None:
+            grounder.close()
     current = llama_cpp_version()
     return Replay(
         r.id,
