@@ -218,6 +218,53 @@ def bench_recall_at_k(example: Path, k: int, tmp: Path) -> dict:
     return result
 
 
+def bench_base_grounding(spec_path: Path) -> dict:
+    """The untrained base on the example's held-out questions, with and without retrieved chunks.
+
+    Same split, prompt, decoding and retrieval as `kolm compile` (no training: a lower bound
+    on what grounding adds before the student learns to read its context)."""
+    from kolm.basemodel import resolve
+    from kolm.data import load_examples, split_heldout
+    from kolm.evaluate import normalize
+    from kolm.prompt import format_from_gguf
+    from kolm.recall import ChunkConfig, Embedder, Index, build_index
+    from kolm.recall.ground import Grounder
+    from kolm.runtime import Decoding, Student
+    from kolm.spec import load_spec
+
+    spec = load_spec(spec_path)
+    _, held = split_heldout(load_examples(spec.examples), spec.heldout_fraction, spec.seed)
+    base = resolve(spec.base)
+    r = spec.recall
+    with tempfile.TemporaryDirectory() as d:
+        emb = Embedder(r.embedder)
+        out = Path(d) / "i.sqlite"
+        build_index(
+            spec.corpus,
+            out,
+            base_dir=spec_path.parent,
+            embedder=emb,
+            cfg=ChunkConfig(r.chunk_chars, r.overlap_chars),
+        )
+        g = Grounder(Index(out, emb), r.k, r.mode)
+        student = Student(
+            base.gguf,
+            None,
+            format_from_gguf(base.gguf),
+            spec.description,
+            Decoding(max_tokens=16, threads=1, n_ctx=spec.run.n_ctx),
+        )
+        res = {"heldout": len(held)}
+        for name, ctx in (("without_context", lambda _x: []), ("with_context", g.context)):
+            ok = sum(
+                normalize(student.answer(e.input, ctx(e.input)).output) == normalize(e.output)
+                for e in held
+            )
+            res[f"base_accuracy_{name}"] = round(ok / len(held), 4)
+        student.close()
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
@@ -226,7 +273,15 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=60, help="synthetic files for the indexing test")
     ap.add_argument("--example", type=Path, default=REPO / "examples" / "brindlewood-qa")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument(
+        "--base-grounding",
+        action="store_true",
+        help="only: the untrained base on the example's held-out split, with/without chunks",
+    )
     args = ap.parse_args()
+    if args.base_grounding:
+        print(json.dumps(bench_base_grounding(args.example / "kolm.yaml")))
+        return
     import os
 
     results: dict = {
