@@ -85,4 +85,4 @@ class ReceiptError(KolmError):
 class RecallError(KolmError):
     """A corpus cannot be indexed, or an index cannot be opened, read or queried."""
 
-    exit_code = 10
+    exit_code = 11
