@@ -147,7 +147,7 @@ def test_compile_grounds_every_prompt_and_run_replays_the_same_chunks(tmp_path):
     m = result.manifest
     assert INDEX_PART in m["parts"] and "grounding.jsonl" in m["parts"]
     assert m["recall"]["embedder"]["dim"] == 384 and m["recall"]["chunks"] > 0
-    assert m["recall"]["skipped"] == ["empty.md"]
+    assert m["recall"]["skipped"] == ["docs/empty.md"]
     art = open_artifact(out)
     grounding = [json.loads(x) for x in art.read_text("grounding.jsonl").splitlines()]
     held = [g for g in grounding if g["split"] == "heldout"]
@@ -170,5 +170,5 @@ def test_compile_grounds_every_prompt_and_run_replays_the_same_chunks(tmp_path):
     assert [h["id"] for h in json.loads(cli.stdout)] == held[0]["chunks"]
     shown = run_cli("inspect", str(out))
     assert "embedder" in shown.stdout and "all-MiniLM-L6-v2" in shown.stdout
-    assert "source empty.md" in shown.stdout and "empty" in shown.stdout
+    assert "source docs/empty.md" in shown.stdout and "empty" in shown.stdout
     shutil.rmtree(tmp_path / "t")
