@@ -13,7 +13,7 @@ import hashlib
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +26,8 @@ from kolm.evaluate import agreement, run_and_score, task_metrics
 from kolm.keys import KeyStore
 from kolm.kscore import KInputs, gate, kscore
 from kolm.prompt import PromptFormat, format_from_gguf
+from kolm.recall.ground import INDEX_PART, Grounder
+from kolm.recall.index import IndexReport
 from kolm.report import write_reports
 from kolm.runtime import Decoding, Student, llama_cpp_version
 from kolm.spec import TaskSpec, TeacherConfig
@@ -55,9 +57,16 @@ class Prepared:
     verifier: Verifier
     warnings: list[str] = field(default_factory=list)
     """Things worth saying before the work starts (e.g. label classes too small)."""
+    grounder: Grounder | None = None
+    """Set by the recall stage when the spec has a corpus."""
+    index_report: IndexReport | None = None
 
     def __post_init__(self):
         self.seeds = list(self.train)  # the seed training split, before teacher labels join it
+
+    def contexts(self, inputs: Sequence[str]) -> list[list[str]] | None:
+        """Retrieved chunks for each input, or None without a corpus."""
+        return None if self.grounder is None else self.grounder.contexts(inputs)
 
 
 @dataclass
@@ -140,9 +149,20 @@ def run_distill(
     assert teacher is not None
     pool = p.unlabeled if inputs is None else inputs
     cache = TeacherCache(cache_path)
+    contexts = p.contexts(pool)
+    context_for = None if contexts is None else dict(zip(pool, contexts, strict=True)).get
     try:
         return asyncio.run(
-            distill(pool, p.spec.description, p.seeds, p.verifier, teacher, cache, progress)
+            distill(
+                pool,
+                p.spec.description,
+                p.seeds,
+                p.verifier,
+                teacher,
+                cache,
+                progress,
+                context_for=context_for,
+            )
         )
     finally:
         cache.close()
@@ -166,6 +186,8 @@ def training_key(p: Prepared, base_sha: str) -> str:
         "train": [e.to_dict() for e in p.train],
         "config": dataclasses.asdict(p.spec.train),
     }
+    if p.grounder is not None:
+        payload["contexts"] = p.contexts([e.input for e in p.train])
     return hashlib.sha256(canonical_json(payload)).hexdigest()
 
 
@@ -192,6 +214,10 @@ def compile_task(
     keys.ensure()
     base_sha = p.base.sha256()
     timings["prepare"] = time.perf_counter() - t
+    if spec.corpus:
+        t = time.perf_counter()
+        _recall_stage(p, work_dir_for(spec, work_dir), log)
+        timings["recall"] = time.perf_counter() - t
     t = time.perf_counter()
     report = None
     if spec.teacher is not None:
@@ -260,7 +286,14 @@ def _train_stage(p: Prepared, work: Path, progress: bool, log: Log) -> dict:
 
     log("kolm: training LoRA adapter")
     result = train_lora(
-        p.base.gguf, p.fmt, p.spec.description, p.train, p.spec.train, work / "ckpt", progress
+        p.base.gguf,
+        p.fmt,
+        p.spec.description,
+        p.train,
+        p.spec.train,
+        work / "ckpt",
+        progress,
+        contexts=p.contexts([e.input for e in p.train]),
     )
     tmp = work / "adapter.gguf.partial"
     write_lora_gguf(result.model, p.base.gguf, tmp, p.spec.train.lora_alpha)
@@ -269,7 +302,8 @@ def _train_stage(p: Prepared, work: Path, progress: bool, log: Log) -> dict:
     answer_tokens = max(len(answer_ids(tok, p.fmt, e.output)) for e in p.train)
     max_new = p.spec.run.max_tokens or answer_tokens + 8
     log("kolm: PyTorch reference answers on the held-out inputs")
-    prompts = prompt_ids(tok, p.fmt, p.spec.description, [e.input for e in p.heldout])
+    held = [e.input for e in p.heldout]
+    prompts = prompt_ids(tok, p.fmt, p.spec.description, held, p.contexts(held))
     torch_outputs = greedy_outputs(result.model, tok, prompts, max_new)
     info = {
         "steps": result.steps,
@@ -307,9 +341,10 @@ def _evaluate_stage(
     scores = {}
     for name, adapter_path in (("student", adapter), ("base", None)):
         model = Student(p.base.gguf, adapter_path, p.fmt, p.spec.description, decoding)
+        answer = _grounded(model, p.grounder)
         try:
-            model.answer(inputs[0])  # warm-up
-            scores[name] = run_and_score(model.answer, inputs, gold, desc=name, progress=progress)
+            answer(inputs[0])  # warm-up
+            scores[name] = run_and_score(answer, inputs, gold, desc=name, progress=progress)
         finally:
             model.close()
     student = scores["student"]
@@ -326,6 +361,41 @@ def _evaluate_stage(
         for e, o, c in zip(p.heldout, student.outputs, checks, strict=True)
     ]
     return {"scores": scores, "rows": rows, "latencies_s": list(student.latencies_s)}
+
+
+def _grounded(model: Student, grounder: Grounder | None):
+    """`model.answer` with each input's retrieved chunks in its prompt (when there is a corpus)."""
+    if grounder is None:
+        return model.answer
+    return lambda text: model.answer(text, grounder.context(text))
+
+
+def _recall_stage(p: Prepared, root: Path, log: Log) -> None:
+    """Build or update the corpus index in the work dir; every prompt is grounded in it."""
+    from kolm.recall import ChunkConfig, Embedder, build_index
+    from kolm.recall.index import Index
+
+    r = p.spec.recall
+    embedder = Embedder(r.embedder)
+    base_dir = p.spec.spec_path.parent if p.spec.spec_path else Path.cwd()
+    log(f"kolm: indexing the corpus ({', '.join(p.spec.corpus)}) with {embedder.info.name}")
+    path = root / "index.sqlite"
+    rep = build_index(
+        p.spec.corpus,
+        path,
+        base_dir=base_dir,
+        embedder=embedder,
+        cfg=ChunkConfig(r.chunk_chars, r.overlap_chars),
+    )
+    s = rep.summary()
+    log(
+        f"kolm: corpus: {s['files']} files, {s['chunks']} chunks "
+        f"({s['indexed']} indexed, {s['unchanged']} unchanged, {s['chunks_embedded']} chunks embedded)"
+    )
+    for f in rep.skipped():
+        log(f"kolm: corpus: skipped {f.path} ({f.status}): {f.reason}")
+    p.index_report = rep
+    p.grounder = Grounder(Index(path, embedder), r.k, r.mode)
 
 
 def _teacher_baseline(p: Prepared, cache_path: Path | None, progress: bool, log: Log) -> dict:
@@ -450,6 +520,8 @@ def _write_parts(
         "output_kind": p.output_kind,
         "labels": p.labels,
     }
+    if p.grounder is not None:
+        config["recall"] = _recall_config(p)
     (parts_dir / "config.json").write_text(json.dumps(config, indent=1, ensure_ascii=False))
     parts = {
         "adapter.gguf": work / "adapter.gguf",
@@ -463,6 +535,15 @@ def _write_parts(
         write_jsonl(parts_dir / "preferences.jsonl", report.preference_pairs())
         parts["distilled.jsonl"] = parts_dir / "distilled.jsonl"
         parts["preferences.jsonl"] = parts_dir / "preferences.jsonl"
+    if p.grounder is not None:
+        parts[INDEX_PART] = p.grounder.index.path
+        rows = [
+            {"split": split, "input": e.input, "chunks": p.grounder.ids(e.input)}
+            for split, examples in (("train", p.train), ("heldout", p.heldout))
+            for e in examples
+        ]
+        write_jsonl(parts_dir / "grounding.jsonl", rows)
+        parts["grounding.jsonl"] = parts_dir / "grounding.jsonl"
     if embed_base:
         parts[BASE_PART] = p.base.gguf
     return parts
@@ -490,6 +571,34 @@ def _manifest(
         "decoding": decoding.to_dict(),
         "metrics": metrics,
         "versions": versions(),
+        **({"recall": _recall_manifest(p)} if p.grounder is not None else {}),
+    }
+
+
+def _recall_config(p: Prepared) -> dict:
+    """What `run` needs to ground the same way: k, mode and the embedder's identity."""
+    assert p.grounder is not None
+    return {
+        "part": INDEX_PART,
+        "k": p.grounder.k,
+        "mode": p.grounder.mode,
+        "embedder": p.grounder.index.info.to_dict(),
+    }
+
+
+def _recall_manifest(p: Prepared) -> dict:
+    """The index as `kolm inspect` shows it: size, chunks, embedder, sources, skipped files."""
+    assert p.grounder is not None and p.index_report is not None
+    stats = p.grounder.index.stats()
+    return {
+        **_recall_config(p),
+        "chunks": stats["chunks"],
+        "chunking": stats["chunking"],
+        "sources": [
+            {k: f[k] for k in ("path", "kind", "status", "chunks")} | {"reason": f["reason"]}
+            for f in stats["files"]
+        ],
+        "skipped": [f["path"] for f in stats["files"] if f["status"] != "indexed"],
     }
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from kolm.cache import Cached, TeacherCache, cache_key
@@ -222,8 +222,11 @@ async def distill(
     cache: TeacherCache,
     progress: bool = True,
     backend: Backend | None = None,
+    context_for: Callable[[str], Sequence[str] | None] | None = None,
 ) -> DistillReport:
-    """Label every input with k verified teacher samples."""
+    """Label every input with k verified teacher samples.
+
+    `context_for(input)` gives the retrieved chunks that ground the input's request."""
     from tqdm.auto import tqdm
 
     ref = TeacherRef.parse(cfg.model)
@@ -249,7 +252,8 @@ async def distill(
     model_id = f"{ref.model}@{ref.base_url}" if ref.base_url else ref.model
 
     async def one(text: str, sample: int) -> str | None:
-        request = build_request(instruction, demos, text, cfg)
+        context = (context_for(text) if context_for else None) or ()
+        request = build_request(instruction, demos, text, cfg, context)
         key = cache_key(ref.provider, model_id, request.to_dict(), sample)
         hit = cache.get(key)
         if hit is not None:

@@ -88,3 +88,9 @@ class InputError(KolmError):
     A batch records it for that line and goes on, and exits with this code at the end."""
 
     exit_code = 11
+
+
+class RecallError(KolmError):
+    """A corpus cannot be indexed, or an index cannot be opened, read or queried."""
+
+    exit_code = 12

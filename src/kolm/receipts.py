@@ -72,6 +72,8 @@ class Receipt:
     confidence: float | None
     input: str | None = None
     output: str | None = None
+    context: list[str] | None = None
+    """Ids of the retrieved chunks the prompt was grounded in (None without an index)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -91,6 +93,7 @@ _BODY_FIELDS = (
     "failed_rule",
     "path",
     "confidence",
+    "context",
 )
 
 
@@ -123,6 +126,8 @@ class ReceiptStore:
     def append(self, **fields) -> Receipt:
         """Add a receipt; fields are Receipt's minus seq/id/prev/hashes/created_at, plus input/output."""
         text_in, text_out = fields.pop("input"), fields.pop("output")
+        if fields.get("context") is None:
+            fields.pop("context", None)  # receipts without an index keep their old shape
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -136,7 +141,7 @@ class ReceiptStore:
                 "output_sha256": sha256_text(text_out),
                 "created_at": utc_now(),
             }
-            body = {k: body[k] for k in _BODY_FIELDS}
+            body = {k: body[k] for k in _BODY_FIELDS if k in body}
             blob = canonical_json(body)
             rid = hashlib.sha256(blob).hexdigest()
             db.execute(

@@ -192,6 +192,18 @@ def _sections(m: dict, details: dict) -> list[tuple[str, list[str], list[list[st
     if "distill" in m:
         d = m["distill"]
         sections.append(("Distill", ["measure", "value"], [[k_, str(v)] for k_, v in d.items()]))
+    if "recall" in m:
+        r = m["recall"]
+        sections.append(
+            (
+                f"Corpus ({r['chunks']} chunks, {r['embedder']['name']}, k={r['k']} {r['mode']})",
+                ["source", "kind", "status", "chunks", "reason"],
+                [
+                    [f["path"], f["kind"], f["status"], str(f["chunks"]), f["reason"]]
+                    for f in r["sources"]
+                ],
+            )
+        )
     return sections
 
 

@@ -60,6 +60,19 @@ def _base_path(art: Artifact, base: Path | None) -> Path:
         ) from None
 
 
+def load_grounder(art: Artifact, embedder: str | Path | None = None):
+    """The artifact's bundled index with the embedder that built it, or None without one."""
+    config = art.read_json("config.json")
+    if "recall" not in config:
+        return None
+    from kolm.recall.embed import EmbedderInfo
+    from kolm.recall.ground import Grounder
+
+    r = config["recall"]
+    info = EmbedderInfo.from_dict(r["embedder"])
+    return Grounder.open(art.materialize(r["part"]), info, r["k"], r["mode"], embedder)
+
+
 def load_verifier(art: Artifact) -> Verifier | None:
     """The artifact's verifier, or None for artifacts made before verifiers existed."""
     if "verifier.json" not in art.manifest["parts"]:
@@ -82,9 +95,14 @@ def eval_artifact(
     examples = load_examples(data)
     art, student = load_student(path, base=base, threads=threads)
     verifier = load_verifier(art) or synthesize([e.output for e in examples])
+    grounder = load_grounder(art)
+
+    def answer(text: str):
+        return student.answer(text, grounder.context(text) if grounder else ())
+
     try:
         scored = run_and_score(
-            student.answer,
+            answer,
             [e.input for e in examples],
             [e.output for e in examples],
             desc="eval",
@@ -120,6 +138,8 @@ class Result:
     """Tokens of the output, counted with the student's tokenizer (whoever answered)."""
     finish_reason: str = "stop"
     """`stop`, or `length` when the answer hit max_tokens."""
+    context: tuple[str, ...] = ()
+    """Ids of the retrieved chunks the prompt was grounded in (empty without an index)."""
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -149,6 +169,7 @@ class Runner:
         )
         self.path = str(Path(artifact).resolve())
         self.verifier = load_verifier(self.artifact)
+        self.grounder = load_grounder(self.artifact)
         self.receipts, self.drift = receipts, drift
         self.min_confidence = min_confidence
         self._fallback = _Fallback(self.artifact, fallback) if fallback else None
@@ -160,13 +181,15 @@ class Runner:
         }
 
     def __call__(self, text: str) -> Result:
-        ans = self.student.answer(text)
+        g = self.grounder
+        context, ids = (g.context(text), tuple(g.ids(text))) if g else ([], ())
+        ans = self.student.answer(text, context)
         output, path = ans.output, "student"
         verified, rule, _ = self._check(output)
         reason = drift_reason(verified, rule, ans.confidence, self.min_confidence)
         n_out, finish = ans.completion_tokens, ans.finish_reason
         if reason and self._fallback is not None:
-            reply, path = self._fallback(text)
+            reply, path = self._fallback(text, context)
             verified, rule, normalized = self._check(reply)
             output = normalized if verified else reply
             n_out, finish = self.student.count_tokens(output), "stop"
@@ -183,6 +206,7 @@ class Runner:
                 failed_rule=rule,
                 path=path,
                 confidence=ans.confidence,
+                context=list(ids) if g else None,
             ).id
         if reason and self.drift is not None:
             self.drift.add(self.artifact.id, text, ans.output, reason, ans.confidence, receipt)
@@ -199,6 +223,7 @@ class Runner:
             ans.prompt_tokens,
             n_out,
             "length" if finish == "length" else "stop",
+            ids,
         )
 
     def _check(self, output: str) -> tuple[bool | None, str | None, str]:
@@ -210,6 +235,8 @@ class Runner:
 
     def close(self) -> None:
         self.student.close()
+        if self.grounder is not None:
+            self.grounder.close()
 
 
 class _Fallback:
@@ -226,7 +253,7 @@ class _Fallback:
         self.demos = pick_demos(seeds, self.cfg.shots)
         self.instruction = art.read_json("config.json")["instruction"]
 
-    def __call__(self, text: str) -> tuple[str, str]:
+    def __call__(self, text: str, context: list[str] | None = None) -> tuple[str, str]:
         """The teacher's raw reply and the path name for the receipt."""
         from kolm.distill import build_request
         from kolm.teacher import Settings, TeacherRef, complete_with_retries, make_backend
@@ -239,7 +266,7 @@ class _Fallback:
             try:
                 return await complete_with_retries(
                     backend,
-                    build_request(self.instruction, self.demos, text, self.cfg),
+                    build_request(self.instruction, self.demos, text, self.cfg, context or ()),
                     0,
                     settings,
                 )
@@ -284,15 +311,24 @@ def replay(
     path = Path(artifact or r.artifact_path)
     decoding = Decoding(**r.settings["decoding"])
     runner_art, student = load_student(path, base=base, threads=threads, decoding=decoding)
+    grounder = None
     try:
         if runner_art.id != r.artifact_id:
             raise ReceiptError(
                 f"{path} is not the artifact that answered (id {r.artifact_id[:16]}…)",
                 hint="pass the right one with --artifact PATH",
             )
-        out = student.answer(text).output
+        context: list[str] = []
+        if r.context:  # the chunks the receipt recorded, not a fresh retrieval
+            grounder = load_grounder(runner_art)
+            if grounder is None:
+                raise ReceiptError(f"receipt {r.id[:12]} names chunks but {path} has no index")
+            context = grounder.by_ids(r.context)
+        out = student.answer(text, context).output
     finally:
         student.close()
+        if grounder is not None:
+            grounder.close()
     current = llama_cpp_version()
     return Replay(
         r.id,

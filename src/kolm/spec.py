@@ -211,6 +211,34 @@ class VerifierConfig:
 
 
 @dataclass(frozen=True)
+class RecallConfig:
+    """How the corpus is indexed and how many chunks ground each prompt."""
+
+    k: int = 3
+    """Chunks retrieved for every prompt (teacher, training, evaluation and run)."""
+    mode: str = "hybrid"
+    """`hybrid` (vectors + keywords, reciprocal-rank fusion), `vector` or `keyword`."""
+    chunk_chars: int = 400
+    """Longest chunk in characters; k chunks must fit in n_ctx and train.max_seq_len."""
+    overlap_chars: int = 60
+    """Characters of one chunk repeated at the start of the next."""
+    embedder: str = "all-MiniLM-L6-v2"
+    """A packaged embedder name, or the path of a local sentence-transformers folder."""
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.k < 1:
+            problems.append("recall.k must be at least 1")
+        if self.mode not in ("hybrid", "vector", "keyword"):
+            problems.append("recall.mode must be one of hybrid, vector, keyword")
+        if self.chunk_chars < 50:
+            problems.append("recall.chunk_chars must be at least 50")
+        if not 0 <= self.overlap_chars < self.chunk_chars:
+            problems.append("recall.overlap_chars must be in [0, chunk_chars)")
+        return problems
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """A task to compile: what to do, from which examples, on which base."""
 
@@ -238,6 +266,11 @@ class TaskSpec:
     """Optional teacher that labels `unlabeled` inputs (k samples, verified majority)."""
     verifier: VerifierConfig = field(default_factory=VerifierConfig)
     """Extra checks for outputs, on top of those inferred from the examples."""
+    corpus: tuple[str, ...] = ()
+    """Documents that ground every prompt: folders, globs or files (relative to the spec).
+    `corpus: docs/` is short for `corpus: [docs/]`."""
+    recall: RecallConfig = field(default_factory=RecallConfig)
+    """Retrieval settings, used when `corpus` is set."""
     spec_path: Path | None = None
     """Where the spec was read from (set by `load_spec`)."""
 
@@ -259,7 +292,20 @@ class TaskSpec:
         if self.teacher is not None:
             problems += self.teacher.check()
         problems += self.gate.check()
+        if self.corpus:
+            problems += self.recall.check() + self._check_corpus()
         return problems + self.train.check() + self.run.check() + self.verifier.check()
+
+    def _check_corpus(self) -> list[str]:
+        from kolm.errors import RecallError
+        from kolm.recall.index import collect
+
+        base = self.spec_path.parent if self.spec_path else Path.cwd()
+        try:
+            collect(self.corpus, base)
+        except RecallError as e:
+            return [e.message]
+        return []
 
 
 def load_spec(path: str | Path, **overrides: Any) -> TaskSpec:
@@ -361,6 +407,8 @@ def _coerce(value: Any, hint: Any, where: str, base_dir: Path, problems: list[st
             return False, None
         return True, (base_dir / value).resolve()
     if origin is tuple:
+        if where == "corpus" and isinstance(value, str):
+            value = [value]  # `corpus: docs/` shorthand
         if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
             problems.append(f"{where} must be a list of strings")
             return False, None

@@ -138,8 +138,11 @@ def train_lora(
     cfg: TrainConfig,
     checkpoint_dir: Path | None = None,
     progress: bool = True,
+    contexts: Sequence[Sequence[str]] | None = None,
 ) -> TrainResult:
-    """Train an adapter; resume from `checkpoint_dir` when it holds a checkpoint."""
+    """Train an adapter; resume from `checkpoint_dir` when it holds a checkpoint.
+
+    `contexts[i]` are the retrieved chunks that ground example i's prompt."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -162,7 +165,7 @@ def train_lora(
             task_type="CAUSAL_LM",
         ),
     )
-    data, truncated = encode(tok, fmt, instruction, examples, cfg.max_seq_len)
+    data, truncated = encode(tok, fmt, instruction, examples, cfg.max_seq_len, contexts)
     steps = count_steps(cfg, len(data))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)

@@ -181,11 +181,32 @@ def _distill_rows(d: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def _corpus_rows(r: dict | None) -> list[tuple[str, str]]:
+    """The corpus line and one line per skipped or failed file (never dropped silently)."""
+    if not r:
+        return []
+    indexed = sum(f["status"] == "indexed" for f in r["sources"])
+    rows = [
+        (
+            "corpus",
+            f"{indexed} of {len(r['sources'])} files, {r['chunks']} chunks, "
+            f"top {r['k']} ({r['mode']}) per prompt",
+        )
+    ]
+    rows += [
+        (f"  skipped {f['path']}", f"{f['status']}: {f['reason']}")
+        for f in r["sources"]
+        if f["status"] != "indexed"
+    ]
+    return rows
+
+
 def _print_compile_summary(result) -> None:
     m = result.manifest["metrics"]
     size = result.artifact.stat().st_size
     rows = _distill_rows(result.distill) if result.distill else []
     floor = _floor_line(m)  # label tasks: the TF-IDF baseline on the same split
+    rows += _corpus_rows(result.manifest.get("recall"))
     rows += [
         ("held-out examples", str(m["heldout_examples"])),
         ("student accuracy", f"{m['student']['accuracy']:.1%}"),

@@ -9,6 +9,7 @@ import click
 
 from kolm.cli.app import cli
 from kolm.cli.common import _floor_line, _k_line, _short, _table
+from kolm.cli.recall import inspect_rows
 
 
 @cli.command("verify")
@@ -71,6 +72,7 @@ def inspect_cmd(artifact: Path, as_json: bool) -> None:
         ("signed by", f"{art.verified.key_id} ({art.verified.trust})"),
     ]
     rows += [(f"part {n}", f"{m['parts'][n]['size'] / 1e6:.2f} MB") for n in art.part_names()]
+    rows += inspect_rows(m, m["parts"])
     met = m.get("metrics", {})
     if met:
         rows += [
