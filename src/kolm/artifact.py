@@ -27,7 +27,7 @@ MANIFEST = "manifest.json"
 SIGNATURE = "signature.json"
 BASE_PART = "base.gguf"
 # Large binaries are stored, not deflated: they do not compress and extract faster.
-_STORED_SUFFIXES = (".gguf", ".sqlite", ".bin")
+_STORED_SUFFIXES = (".gguf", ".sqlite", ".bin", ".pack")
 
 
 def canonical_json(obj: object) -> bytes:
@@ -55,9 +55,12 @@ class Artifact:
     def part_names(self) -> list[str]:
         return sorted(self.manifest["parts"])
 
-    def read_text(self, name: str) -> str:
+    def read_bytes(self, name: str) -> bytes:
         with zipfile.ZipFile(self.path) as z:
-            return z.read(name).decode("utf-8")
+            return z.read(name)
+
+    def read_text(self, name: str) -> str:
+        return self.read_bytes(name).decode("utf-8")
 
     def read_json(self, name: str) -> dict:
         return json.loads(self.read_text(name))

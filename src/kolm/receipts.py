@@ -72,6 +72,8 @@ class Receipt:
     confidence: float | None
     input: str | None = None
     output: str | None = None
+    drafted_share: float | None = None
+    """Share of the answer's tokens drafted by the recipe pack (absent in older receipts)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -91,6 +93,7 @@ _BODY_FIELDS = (
     "failed_rule",
     "path",
     "confidence",
+    "drafted_share",
 )
 
 
@@ -136,7 +139,7 @@ class ReceiptStore:
                 "output_sha256": sha256_text(text_out),
                 "created_at": utc_now(),
             }
-            body = {k: body[k] for k in _BODY_FIELDS}
+            body = {k: body.get(k) for k in _BODY_FIELDS}
             blob = canonical_json(body)
             rid = hashlib.sha256(blob).hexdigest()
             db.execute(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from kolm import __version__
 from kolm.artifact import Artifact, open_artifact
-from kolm.drift import DriftStore, drift_reason
+from kolm.drift import DriftStore, coverage_reason, drift_reason
 from kolm.errors import ReceiptError
 from kolm.keys import KeyStore
 from kolm.prompt import PromptFormat
@@ -28,8 +28,11 @@ def load_student(
     threads: int | None = None,
     keys: KeyStore | None = None,
     decoding: Decoding | None = None,
+    recipes: bool = True,
 ) -> tuple[Artifact, Student]:
-    """Verify (when given a path), materialize the parts and load them in llama.cpp."""
+    """Verify (when given a path), materialize the parts and load them in llama.cpp.
+
+    `recipes=False` ignores the artifact's recipe pack (plain decoding, same bytes)."""
     art = artifact if isinstance(artifact, Artifact) else open_artifact(artifact, keys)
     config = art.read_json("config.json")
     decoding = decoding or Decoding(**config["decoding"])
@@ -41,8 +44,18 @@ def load_student(
         PromptFormat.from_dict(config["prompt_format"]),
         config["instruction"],
         decoding,
+        pack=load_pack(art) if recipes else None,
     )
     return art, student
+
+
+def load_pack(art: Artifact):
+    """The artifact's recipe pack, or None for artifacts made without one."""
+    from kolm.decompose.pack import PART, Pack
+
+    if PART not in art.manifest["parts"]:
+        return None
+    return Pack.from_bytes(art.read_bytes(PART))
 
 
 def load_verifier(art: Artifact) -> Verifier | None:
@@ -52,14 +65,20 @@ def load_verifier(art: Artifact) -> Verifier | None:
     return Verifier.from_dict(art.read_json("verifier.json"))
 
 
-def eval_artifact(path: Path, data: Path, base: Path | None = None, progress: bool = True) -> dict:
+def eval_artifact(
+    path: Path,
+    data: Path,
+    base: Path | None = None,
+    progress: bool = True,
+    recipes: bool = True,
+) -> dict:
     """Score an artifact on new labeled data with the metrics compile uses."""
     from kolm.data import load_examples
     from kolm.evaluate import run_and_score, task_metrics
     from kolm.verifier import synthesize
 
     examples = load_examples(data)
-    art, student = load_student(path, base=base)
+    art, student = load_student(path, base=base, recipes=recipes)
     verifier = load_verifier(art) or synthesize([e.output for e in examples])
     try:
         scored = run_and_score(
@@ -76,6 +95,9 @@ def eval_artifact(path: Path, data: Path, base: Path | None = None, progress: bo
         latency_p50_s=round(scored.latency_p50_s, 4), latency_p95_s=round(scored.latency_p95_s, 4)
     )
     metrics["artifact"] = art.id
+    metrics["recipe_pack"] = student.pack is not None
+    if scored.drafted_shares:
+        metrics["drafted_share"] = round(sum(scored.drafted_shares) / len(scored.drafted_shares), 4)
     metrics["outputs"] = scored.outputs
     return metrics
 
@@ -93,6 +115,8 @@ class Result:
     latency_s: float
     receipt: str | None
     drift: str | None
+    drafted_share: float | None = None
+    """Share of the answer's tokens drafted by the recipe pack (None: no pack)."""
 
 
 class Runner:
@@ -111,9 +135,10 @@ class Runner:
         min_confidence: float = 0.3,
         keys: KeyStore | None = None,
         decoding: Decoding | None = None,
+        recipes: bool = True,
     ):
         self.artifact, self.student = load_student(
-            artifact, base=base, threads=threads, keys=keys, decoding=decoding
+            artifact, base=base, threads=threads, keys=keys, decoding=decoding, recipes=recipes
         )
         self.path = str(Path(artifact).resolve())
         self.verifier = load_verifier(self.artifact)
@@ -124,14 +149,19 @@ class Runner:
             "decoding": self.student.decoding.to_dict(),
             "llama_cpp": llama_cpp_version(),
             "kolm": __version__,
-            "recipe_pack": False,
+            "recipe_pack": self.student.pack is not None,
         }
+        pack = self.student.pack
+        self._expected_share = pack.stats.get("expected_hit_rate") if pack else None
 
     def __call__(self, text: str) -> Result:
         ans = self.student.answer(text)
         output, path = ans.output, "student"
         verified, rule, _ = self._check(output)
         reason = drift_reason(verified, rule, ans.confidence, self.min_confidence)
+        reason = reason or coverage_reason(
+            ans.drafted_share, self._expected_share, ans.completion_tokens
+        )
         if reason and self._fallback is not None:
             reply, path = self._fallback(text)
             verified, rule, normalized = self._check(reply)
@@ -149,11 +179,21 @@ class Runner:
                 failed_rule=rule,
                 path=path,
                 confidence=ans.confidence,
+                drafted_share=ans.drafted_share,
             ).id
         if reason and self.drift is not None:
             self.drift.add(self.artifact.id, text, ans.output, reason, ans.confidence, receipt)
         return Result(
-            text, output, path, verified, rule, ans.confidence, ans.latency_s, receipt, reason
+            text,
+            output,
+            path,
+            verified,
+            rule,
+            ans.confidence,
+            ans.latency_s,
+            receipt,
+            reason,
+            ans.drafted_share,
         )
 
     def _check(self, output: str) -> tuple[bool | None, str | None, str]:

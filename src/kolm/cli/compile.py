@@ -245,11 +245,14 @@ def cache_prune(model: str | None, before: str | None, cache_path: Path | None) 
     help="Base GGUF for an artifact built with --no-embed-base.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def eval_cmd(artifact: Path, data: Path, as_json: bool, base: Path | None, quiet: bool) -> None:
+@click.option("--no-recipes", is_flag=True, help="Ignore the artifact's recipe pack.")
+def eval_cmd(
+    artifact: Path, data: Path, as_json: bool, base: Path | None, quiet: bool, no_recipes: bool
+) -> None:
     """Evaluate ARTIFACT on labeled DATA (JSONL/CSV of input, output) with compile's metrics."""
     from kolm.runner import eval_artifact
 
-    m = eval_artifact(artifact, data, base=base, progress=not quiet)
+    m = eval_artifact(artifact, data, base=base, progress=not quiet, recipes=not no_recipes)
     if as_json:
         click.echo(json.dumps({k: v for k, v in m.items() if k != "outputs"}, indent=1))
         return

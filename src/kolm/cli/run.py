@@ -55,6 +55,11 @@ from kolm.cli.app import cli
     "--fallback",
     help="Teacher (provider:model) that answers drifting inputs instead. Off by default: the only network use of run.",
 )
+@click.option(
+    "--no-recipes",
+    is_flag=True,
+    help="Ignore the artifact's recipe pack (plain decoding; the same bytes, for comparison).",
+)
 def run_cmd(
     artifact: Path,
     text: str | None,
@@ -67,6 +72,7 @@ def run_cmd(
     drift_path: Path | None,
     min_confidence: float,
     fallback: str | None,
+    no_recipes: bool,
 ) -> None:
     """Answer TEXT (or every input in --input) with the model in ARTIFACT; write a receipt per answer."""
     from tqdm.auto import tqdm
@@ -87,6 +93,7 @@ def run_cmd(
         drift=DriftStore(drift_path),
         fallback=fallback,
         min_confidence=min_confidence,
+        recipes=not no_recipes,
     )
     batch = input_file is not None
     try:
@@ -102,6 +109,7 @@ def run_cmd(
                             "verified": r.verified,
                             "failed_rule": r.failed_rule,
                             "confidence": r.confidence,
+                            "drafted_share": r.drafted_share,
                             "latency_s": round(r.latency_s, 4),
                             "receipt": r.receipt,
                             "drift": r.drift,
@@ -154,6 +162,11 @@ def run_cmd(
 @click.option("--drift", "drift_path", type=click.Path(path_type=Path), help="Drift file.")
 @click.option("--min-confidence", type=float, default=0.3, show_default=True)
 @click.option("--fallback", help="Teacher (provider:model) for drifting inputs; off by default.")
+@click.option(
+    "--no-recipes",
+    is_flag=True,
+    help="Ignore the artifact's recipe pack (plain decoding; the same bytes, for comparison).",
+)
 def serve_cmd(
     artifact: Path,
     host: str,
@@ -168,6 +181,7 @@ def serve_cmd(
     drift_path: Path | None,
     min_confidence: float,
     fallback: str | None,
+    no_recipes: bool,
 ) -> None:
     """Serve ARTIFACT over an OpenAI-compatible HTTP API, with a receipt per request."""
     import os
@@ -195,6 +209,7 @@ def serve_cmd(
         drift=DriftStore(drift_path),
         fallback=fallback,
         min_confidence=min_confidence,
+        recipes=not no_recipes,
     )
     name = model_name or runner.artifact.manifest["task"]["name"]
     worker = Worker(runner, queue_size)

@@ -66,7 +66,7 @@ def base_tokenizer(gguf: Path, eos_text: str) -> Tokenizer:
 
 def answer_tokens(outputs: Sequence[str], tok: Tokenizer) -> list[list[int]]:
     """Each output as the model writes it: its tokens, then end-of-answer."""
-    return [tok.tokenize(o.strip()) + [tok.eos] for o in outputs]
+    return [tok.tokenize(o) + [tok.eos] for o in outputs]
 
 
 def mine(
@@ -97,7 +97,11 @@ def mine(
     stats = {
         "sequences": len(seqs),
         "tokens": sum(map(len, seqs)),
-        "entries": {"prefix": len(pack.prefix), "ngram": len(pack.ngrams), "keyed": len(pack.keyed)},
+        "entries": {
+            "prefix": len(pack.prefix),
+            "ngram": len(pack.ngrams),
+            "keyed": len(pack.keyed),
+        },
         "labels": len(labels),
         "min_support": min_support,
         "max_draft": MAX_DRAFT,
@@ -135,7 +139,7 @@ def _certain(table: dict, min_support: int) -> dict:
     out = {}
     for ctx, counts in table.items():
         if len(counts) == 1:
-            (tok, n), = counts.items()
+            ((tok, n),) = counts.items()
             if n >= min_support:
                 out[ctx] = tok
     return out
