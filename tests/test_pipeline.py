@@ -30,6 +30,7 @@ EXPECTED_PARTS = {
     "heldout.jsonl",
     "config.json",
     "verifier.json",
+    "recipes.pack",
 }
 
 

@@ -150,7 +150,10 @@ def _parse(data: bytes) -> Pack:
         )
     start = len(MAGIC) + 6
     header = json.loads(data[start : start + head_len])
-    buf = memoryview(zlib.decompress(data[start + head_len :]))
+    z = zlib.decompressobj()
+    buf = memoryview(z.decompress(data[start + head_len :]))
+    if z.unused_data or not z.eof:
+        raise ArtifactError(f"{PART} is truncated or has trailing bytes")
     prefix, pos = _get_table(buf, 0, False)
     ngrams, pos = _get_table(buf, pos, False)
     keyed, pos = _get_table(buf, pos, True)
