@@ -146,7 +146,9 @@ def test_drafting_is_byte_identical_on_mined_inputs(students):
 
 
 @pytest.mark.slow
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.text(min_size=1, max_size=80))
 def test_drafting_is_byte_identical_on_any_input(students, text):
     plain, fast = students

@@ -297,6 +297,8 @@ def _recipes_stage(p: Prepared, log: Log):
         labels=p.labels if p.output_kind == "label" else (),
         json_keys=p.output_kind == "json",
         heldout=[e.output for e in p.heldout],
+        inputs=[e.input for e in p.train],
+        heldout_inputs=[e.input for e in p.heldout],
     )
 
 

@@ -88,6 +88,8 @@ class Student:
         """The recipe pack in use (None: plain decoding)."""
         self._stop_ids = _end_of_turn_ids(self._llm)
         self._pieces = None
+        self.last_decode = None
+        """How the last answer was decoded (`decompose.draft.Decoded`)."""
         self._prefix = token_ids(fmt.prefix_segments(instruction), self._tokenize)
         self._llm.reset()
         self._llm.eval(self._prefix)
@@ -125,7 +127,9 @@ class Student:
             self._stop_ids,
             stop_texts=[self.fmt.eos.encode("utf-8")] if self.fmt.eos else [],
             pieces=self._pieces,
+            source=user_input.encode("utf-8"),
         )
+        self.last_decode = out
         latency = time.perf_counter() - t0
         return Answer(
             output=out.text.decode("utf-8", errors="ignore").strip(),

@@ -59,6 +59,10 @@ class Pieces:
             b = self._cache[t] = self._llm.detokenize([t])
         return b
 
+    def tokenize(self, text: str) -> list[int]:
+        """Plain text (never special tokens) to token ids."""
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
 
 def decode(
     llm,
@@ -70,15 +74,21 @@ def decode(
     stop_texts: Collection[bytes] = (),
     max_draft: int = MAX_DRAFT,
     pieces: Pieces | None = None,
+    source: bytes = b"",
 ) -> Decoded:
-    """Greedy answer to `prompt`, reusing whatever prefix of it llm's KV cache holds."""
+    """Greedy answer to `prompt`, reusing whatever prefix of it llm's KV cache holds.
+
+    `source` is the input's text, which a pack that copies inputs drafts from."""
     pieces = pieces or Pieces(llm)
+    tokenize = pieces.tokenize
     s = _State(llm, prompt, max_tokens, stop_ids, stop_texts, pieces)
     pending = s.reuse_prefix()
     while s.finish is None:
         pending = s.flush_prompt(pending)
         room = min(max_draft, max_tokens - len(s.out) - 1, s.room(len(pending)))
-        draft = chain(pack, s.out, s.text, pieces, room) if pack and room > 0 else []
+        draft = []
+        if pack is not None and room > 0:
+            draft = chain(pack, s.out, s.text, pieces, room, source, tokenize)
         pending = s.step(pending, draft)
     return Decoded(
         s.out, s.final_text(), s.finish, s.margins, s.generated, s.drafted, s.proposed, s.steps

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from kolm.decompose.pack import Pack, json_key
+from kolm.decompose.pack import Pack, copy_continuation, json_key
 
 ORDER = 4
 MIN_SUPPORT = 2
@@ -76,11 +76,16 @@ def mine(
     labels: Sequence[str] = (),
     json_keys: bool = False,
     heldout: Sequence[str] = (),
+    inputs: Sequence[str] = (),
+    heldout_inputs: Sequence[str] = (),
     order: int = ORDER,
     min_support: int = MIN_SUPPORT,
     max_prefix: int = MAX_PREFIX,
 ) -> Pack:
-    """A pack from accepted outputs; `heldout` outputs only measure it."""
+    """A pack from accepted outputs; `heldout` outputs only measure it.
+
+    With `inputs` (one per output) mining also measures whether answers copy from
+    their inputs, and turns copying on when it drafts more than the tables alone."""
     seqs = answer_tokens(outputs, tok)
     prefix, ngrams, keyed = _count(seqs, tok.piece, order, max_prefix, json_keys)
     pack = Pack(
@@ -94,6 +99,12 @@ def mine(
     )
     _add_label_trie(pack, answer_tokens(labels, tok), max_prefix)
     pack = _pruned(pack, tok.piece)
+    train_share = replay_share(pack, seqs, tok.piece)
+    if inputs and json_keys:
+        copying = replace(pack, copy_input=True)
+        share = replay_share(copying, seqs, tok.piece, sources=inputs, tokenize=tok.tokenize)
+        if share > train_share + 0.02:
+            pack, train_share = copying, share
     stats = {
         "sequences": len(seqs),
         "tokens": sum(map(len, seqs)),
@@ -105,14 +116,17 @@ def mine(
         "labels": len(labels),
         "min_support": min_support,
         "max_draft": MAX_DRAFT,
-        "train_drafted_share": round(replay_share(pack, seqs, tok.piece), 4),
+        "copy_input": pack.copy_input,
+        "train_drafted_share": round(train_share, 4),
     }
     if heldout:
-        stats["heldout_drafted_share"] = round(
-            replay_share(pack, answer_tokens(heldout, tok), tok.piece), 4
+        sources = heldout_inputs if pack.copy_input else ()
+        share = replay_share(
+            pack, answer_tokens(heldout, tok), tok.piece, sources=sources, tokenize=tok.tokenize
         )
+        stats["heldout_drafted_share"] = round(share, 4)
     stats["expected_hit_rate"] = stats.get("heldout_drafted_share", stats["train_drafted_share"])
-    return Pack(**{**pack.__dict__, "stats": stats})
+    return replace(pack, stats=stats)
 
 
 def _count(seqs, piece, order: int, max_prefix: int, json_keys: bool):
@@ -164,23 +178,46 @@ def _pruned(pack: Pack, piece) -> Pack:
         for (k, c), t in pack.keyed.items()
         if pack.ngrams.get(c) != t and (len(c) < 2 or pack.keyed.get((k, c[1:])) != t)
     }
-    bare = Pack(pack.eos, pack.order, pack.max_prefix, pack.json_keys, {}, ngrams, keyed)
+    bare = replace(pack, prefix={}, ngrams=ngrams, keyed=keyed)
     prefix = {}
     for ctx, t in pack.prefix.items():
         key = json_key(b"".join(piece(x) for x in ctx)) if pack.json_keys else None
         if bare.next_token(ctx, key) != t:
             prefix[ctx] = t
-    return Pack(pack.eos, pack.order, pack.max_prefix, pack.json_keys, prefix, ngrams, keyed)
+    return replace(pack, prefix=prefix, ngrams=ngrams, keyed=keyed)
 
 
-def chain(pack: Pack, answer: list[int], text: bytes, piece, limit: int) -> list[int]:
-    """Follow the pack from `answer` for up to `limit` tokens (stops after end-of-answer)."""
+def chain(
+    pack: Pack,
+    answer: list[int],
+    text: bytes,
+    piece,
+    limit: int,
+    source: bytes = b"",
+    tokenize=None,
+) -> list[int]:
+    """Follow the pack from `answer` for up to `limit` tokens (stops after end-of-answer).
+
+    Where the pack is unsure and it copies inputs, one span of `source` (the input
+    text) that continues the open string value is drafted, tokenized by `tokenize`."""
     out: list[int] = []
     ctx = list(answer)
+    copied = not (pack.copy_input and source and tokenize)
     while len(out) < limit:
         t = pack.next_token(ctx, json_key(text) if pack.json_keys else None)
         if t is None:
-            break
+            if copied:
+                break
+            copied = True
+            span = copy_continuation(text, source)
+            toks = tokenize(span.decode("utf-8", "ignore")) if span else []
+            if not toks:
+                break
+            toks = toks[: limit - len(out)]
+            out += toks
+            ctx += toks
+            text += b"".join(piece(x) for x in toks)
+            continue
         out.append(t)
         if t == pack.eos:
             break
@@ -189,16 +226,25 @@ def chain(pack: Pack, answer: list[int], text: bytes, piece, limit: int) -> list
     return out
 
 
-def replay_share(pack: Pack, seqs: list[list[int]], piece, max_draft: int = MAX_DRAFT) -> float:
+def replay_share(
+    pack: Pack,
+    seqs: list[list[int]],
+    piece,
+    max_draft: int = MAX_DRAFT,
+    sources: Sequence[str] = (),
+    tokenize=None,
+) -> float:
     """Share of tokens drafted and accepted if the model wrote exactly these sequences.
 
     Mirrors `draft.decode`: each step drafts a chain, keeps its agreeing prefix, and
-    then takes one token from the model."""
+    then takes one token from the model. `sources` are the inputs, for copying."""
     drafted = total = 0
-    for seq in seqs:
+    for n, seq in enumerate(seqs):
+        source = sources[n].encode("utf-8") if sources else b""
         i, text = 0, b""
         while i < len(seq):
-            d = chain(pack, seq[:i], text, piece, min(max_draft, len(seq) - i))
+            limit = min(max_draft, len(seq) - i)
+            d = chain(pack, seq[:i], text, piece, limit, source, tokenize)
             a = 0
             while a < len(d) and d[a] == seq[i + a]:
                 a += 1

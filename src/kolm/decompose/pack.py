@@ -28,6 +28,39 @@ PART = "recipes.pack"
 _KEY = re.compile(rb'"((?:[^"\\]|\\.){1,64})"\s*:')
 
 
+def copy_continuation(text: bytes, source: bytes, max_bytes: int = 24) -> bytes:
+    """What followed the answer's open string value in `source`, when that is unambiguous.
+
+    The value so far (after the last quote; at least 2 bytes) is looked up in the
+    source text, longest suffix first; every occurrence must continue the same way.
+    The continuation stops before a quote, comma, colon, semicolon, bracket or line break."""
+    if text.count(b'"') % 2 == 0:
+        return b""
+    value = text[text.rfind(b'"') + 1 :]
+    for n in range(min(len(value), 16), 1, -1):
+        suffix = value[-n:]
+        spots = _find_all(source, suffix)
+        if not spots:
+            continue
+        nexts = {source[p + n : p + n + 4] for p in spots}
+        if len(nexts) != 1:
+            return b""
+        cont = source[spots[0] + n : spots[0] + n + max_bytes]
+        return _STOP.split(cont, maxsplit=1)[0]
+    return b""
+
+
+_STOP = re.compile(rb'["\n,;:()\[\]{}]')
+
+
+def _find_all(hay: bytes, needle: bytes) -> list[int]:
+    out, i = [], hay.find(needle)
+    while i >= 0 and len(out) < 8:
+        out.append(i)
+        i = hay.find(needle, i + 1)
+    return out
+
+
 def json_key(text: bytes) -> str:
     """The most recent complete JSON object key in `text` ('' when there is none)."""
     last = b""
@@ -48,6 +81,9 @@ class Pack:
     """Longest answer prefix kept in `prefix`."""
     json_keys: bool
     """Whether `keyed` contexts apply (JSON outputs)."""
+    copy_input: bool = False
+    """Whether string values are drafted from the input when its text continues them
+    unambiguously (mining measured that answers copy from their inputs)."""
     prefix: dict[tuple[int, ...], int] = field(default_factory=dict)
     ngrams: dict[tuple[int, ...], int] = field(default_factory=dict)
     keyed: dict[tuple[str, tuple[int, ...]], int] = field(default_factory=dict)
@@ -83,6 +119,7 @@ class Pack:
             "order": self.order,
             "max_prefix": self.max_prefix,
             "json_keys": self.json_keys,
+            "copy_input": self.copy_input,
             "stats": self.stats,
         }
         keys = sorted({k for k, _ in self.keyed})
@@ -165,6 +202,7 @@ def _parse(data: bytes) -> Pack:
         order=header["order"],
         max_prefix=header["max_prefix"],
         json_keys=header["json_keys"],
+        copy_input=header.get("copy_input", False),
         prefix={ctx: t for _, ctx, t in prefix},
         ngrams={ctx: t for _, ctx, t in ngrams},
         keyed={(keys[kid], ctx): t for kid, ctx, t in keyed},
