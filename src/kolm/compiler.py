@@ -282,6 +282,7 @@ def _decoding(p: Prepared, train_info: dict) -> Decoding:
         n_ctx=run.n_ctx,
         threads=run.threads,
         flash_attn=True,
+        constrain=run.constrain,
     )
 
 
@@ -300,6 +301,12 @@ def _recipes_stage(p: Prepared, log: Log):
         inputs=[e.input for e in p.train],
         heldout_inputs=[e.input for e in p.heldout],
     )
+
+
+def _grammar(p: Prepared) -> str | None:
+    from kolm.decompose.grammar import grammar_for
+
+    return grammar_for(p.verifier, [e.output for e in p.train[:1]])
 
 
 def _recipes_summary(pack, parts: dict[str, Path], ev: dict) -> dict:
@@ -332,6 +339,7 @@ def _evaluate_stage(
             p.spec.description,
             decoding,
             pack=pack if name == "student" else None,
+            grammar=_grammar(p) if name == "student" else None,
         )
         try:
             model.answer(inputs[0])  # warm-up

@@ -45,8 +45,20 @@ def load_student(
         config["instruction"],
         decoding,
         pack=load_pack(art) if recipes else None,
+        grammar=load_grammar(art) if decoding.constrain else None,
     )
     return art, student
+
+
+def load_grammar(art: Artifact) -> str | None:
+    """The output grammar from the artifact's verifier (for `run.constrain`)."""
+    from kolm.decompose.grammar import grammar_for
+
+    verifier = load_verifier(art)
+    if verifier is None:
+        return None
+    rows = [json.loads(x) for x in art.read_text("train.jsonl").splitlines()[:1] if x.strip()]
+    return grammar_for(verifier, [r["output"] for r in rows])
 
 
 def load_pack(art: Artifact):

@@ -36,6 +36,8 @@ class Decoding:
     """llama.cpp flash attention. With it a position's logits do not depend on how
     many tokens share its batch, which lossless drafting needs; without it (older
     artifacts) the recipe pack is not used."""
+    constrain: bool = False
+    """Constrain outputs with a grammar from the verifier (labels or JSON Schema)."""
 
     def resolved(self) -> Decoding:
         threads = self.threads or min(os.cpu_count() or 1, 8)
@@ -80,6 +82,7 @@ class Student:
         instruction: str,
         decoding: Decoding,
         pack=None,
+        grammar: str | None = None,
     ):
         self.fmt, self.instruction = fmt, instruction
         self.decoding = decoding.resolved()
@@ -88,6 +91,11 @@ class Student:
         """The recipe pack in use (None: plain decoding)."""
         self._stop_ids = _end_of_turn_ids(self._llm)
         self._pieces = None
+        self._constraint = None
+        if grammar and self.decoding.constrain:
+            from kolm.decompose.grammar import Constraint
+
+            self._constraint = Constraint(self._llm, grammar)
         self.last_decode = None
         """How the last answer was decoded (`decompose.draft.Decoded`)."""
         self._prefix = token_ids(fmt.prefix_segments(instruction), self._tokenize)
@@ -128,6 +136,7 @@ class Student:
             stop_texts=[self.fmt.eos.encode("utf-8")] if self.fmt.eos else [],
             pieces=self._pieces,
             source=user_input.encode("utf-8"),
+            constraint=self._constraint,
         )
         self.last_decode = out
         latency = time.perf_counter() - t0
@@ -143,6 +152,8 @@ class Student:
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
+            if self._constraint is not None:
+                self._constraint.close()
             self._llm.close()
 
 

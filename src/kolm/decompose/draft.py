@@ -75,13 +75,18 @@ def decode(
     max_draft: int = MAX_DRAFT,
     pieces: Pieces | None = None,
     source: bytes = b"",
+    constraint=None,
 ) -> Decoded:
     """Greedy answer to `prompt`, reusing whatever prefix of it llm's KV cache holds.
 
-    `source` is the input's text, which a pack that copies inputs drafts from."""
+    `source` is the input's text, which a pack that copies inputs drafts from.
+    `constraint` (a `grammar.Constraint`) limits each step to what the grammar allows;
+    drafts are then checked against the constrained choice."""
     pieces = pieces or Pieces(llm)
     tokenize = pieces.tokenize
-    s = _State(llm, prompt, max_tokens, stop_ids, stop_texts, pieces)
+    if constraint is not None:
+        constraint.reset()
+    s = _State(llm, prompt, max_tokens, stop_ids, stop_texts, pieces, constraint)
     pending = s.reuse_prefix()
     while s.finish is None:
         pending = s.flush_prompt(pending)
@@ -98,8 +103,9 @@ def decode(
 class _State:
     """Bookkeeping of one `decode` call: KV position, answer, margins, stop rules."""
 
-    def __init__(self, llm, prompt, max_tokens, stop_ids, stop_texts, pieces):
+    def __init__(self, llm, prompt, max_tokens, stop_ids, stop_texts, pieces, constraint=None):
         self.llm, self.prompt, self.max_tokens = llm, list(prompt), max_tokens
+        self.constraint = constraint
         self.stop_ids, self.stop_texts, self.pieces = set(stop_ids), list(stop_texts), pieces
         self.out: list[int] = []
         self.text = b""
@@ -146,7 +152,11 @@ class _State:
         accepted = 0
         for j in range(len(draft) + 1):
             logits = _logits(self.llm, first + j, self.n_vocab)
-            tok = int(np.argmax(logits))
+            if self.constraint is None:
+                tok = int(np.argmax(logits))
+            else:
+                tok = self.constraint.pick(logits)
+                self.constraint.accept(tok)
             self.margins.append(_margin(logits))
             hit = j < len(draft) and tok == draft[j]
             self._emit(tok, hit)
