@@ -267,11 +267,11 @@ def test_grammar_constrained_outputs_always_pass_the_verifier(base, kind):
     assert verifier.kind == kind
     gbnf = grammar_for(verifier, seeds)
     fmt = format_from_gguf(base)
-    dec = Decoding(max_tokens=40, threads=1, flash_attn=True)
+    dec = Decoding(max_tokens=32, threads=1, flash_attn=True)
     free = Student(base, None, fmt, instruction, dec)
     tied = Student(base, None, fmt, instruction, replace(dec, constrain=True), grammar=gbnf)
     try:
-        texts = [r["input"] for r in ROWS[:6]]
+        texts = [r["input"] for r in ROWS[:4]]
         free_pass = sum(verifier.check(free.answer(t).output).ok for t in texts)
         outs = [tied.answer(t).output for t in texts]
         assert all(verifier.check(o).ok for o in outs), outs
