@@ -279,3 +279,12 @@ def test_grammar_constrained_outputs_always_pass_the_verifier(base, kind):
     finally:
         free.close()
         tied.close()
+
+
+def test_answers_mostly_outside_the_pack_are_drift_candidates():
+    from kolm.drift import coverage_reason
+
+    assert coverage_reason(0.1, 0.8, tokens=30).startswith("recipes: 10% of tokens")
+    assert coverage_reason(0.6, 0.8, tokens=30) is None
+    assert coverage_reason(0.0, 0.8, tokens=2) is None  # too short to judge
+    assert coverage_reason(None, 0.8, tokens=30) is None  # no pack in use
