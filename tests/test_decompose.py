@@ -288,3 +288,25 @@ def test_answers_mostly_outside_the_pack_are_drift_candidates():
     assert coverage_reason(0.6, 0.8, tokens=30) is None
     assert coverage_reason(0.0, 0.8, tokens=2) is None  # too short to judge
     assert coverage_reason(None, 0.8, tokens=30) is None  # no pack in use
+
+
+def test_shipped_json_example_is_valid_and_reproducible(tmp_path):
+    import subprocess
+    import sys
+
+    from kolm.compiler import prepare
+    from kolm.spec import load_spec
+
+    folder = REPO / "examples/invoice-fields"
+    assert (
+        (folder / "kolm.yaml")
+        .read_text()
+        .startswith("# Compile:  kolm compile examples/invoice-fields/kolm.yaml")
+    )
+    assert "CC0" in (folder / "LICENSE.txt").read_text()
+    p = prepare(load_spec(folder / "kolm.yaml"))
+    assert p.output_kind == "json" and len(p.train) + len(p.heldout) == 240
+    assert set(p.verifier.schema["required"]) == {"vendor", "invoice", "total", "currency", "due"}
+    shutil.copyfile(folder / "make_data.py", tmp_path / "make_data.py")
+    subprocess.run([sys.executable, "make_data.py"], cwd=tmp_path, check=True)
+    assert (tmp_path / "invoices.jsonl").read_bytes() == (folder / "invoices.jsonl").read_bytes()
