@@ -32,6 +32,7 @@ EXPECTED_PARTS = {
     "heldout.jsonl",
     "config.json",
     "verifier.json",
+    "recipes.pack",
 }
 
 

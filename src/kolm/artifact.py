@@ -43,7 +43,7 @@ MANIFEST = "manifest.json"
 SIGNATURE = "signature.json"
 BASE_PART = "base.gguf"
 # Large binaries are stored, not deflated: they do not compress and extract faster.
-_STORED_SUFFIXES = (".gguf", ".sqlite", ".bin")
+_STORED_SUFFIXES = (".gguf", ".sqlite", ".bin", ".pack")
 # Parts kept in memory as verified bytes (small text the runtime reads back).
 _KEPT_SUFFIXES = (".json", ".jsonl")
 

@@ -244,8 +244,12 @@ def compile_task(
     timings["train"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    pack = _recipes_stage(p, log)
+    timings["recipes"] = time.perf_counter() - t
+
+    t = time.perf_counter()
     decoding = _decoding(p, train_info)
-    ev = _evaluate_stage(p, work / "adapter.gguf", decoding, train_info, progress, log)
+    ev = _evaluate_stage(p, work / "adapter.gguf", decoding, pack, progress, log)
     teacher = _teacher_baseline(p, cache_path, progress, log)
     metrics = _metrics(p, ev, teacher, train_info)
     if p.output_kind == "label":
@@ -253,8 +257,9 @@ def compile_task(
     timings["evaluate"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    parts = _write_parts(p, work, decoding, embed_base, report)
+    parts = _write_parts(p, work, decoding, embed_base, report, pack)
     manifest = _manifest(p, base_sha, embed_base, decoding, metrics, train_info)
+    manifest["recipes"] = _recipes_summary(pack, parts, ev)
     if report is not None:
         manifest["distill"] = report.summary()
     size = sum(path.stat().st_size for path in parts.values()) + (0 if embed_base else p.base.size)
@@ -328,19 +333,66 @@ def _decoding(p: Prepared, train_info: dict) -> Decoding:
         seed=p.spec.seed,
         n_ctx=run.n_ctx,
         threads=run.threads,
+        flash_attn=True,
+        constrain=run.constrain,
     )
 
 
+def _recipes_stage(p: Prepared, log: Log):
+    """Mine the recipe pack from the accepted outputs (seeds' training split + teacher's)."""
+    from kolm.decompose.mine import base_tokenizer, mine
+
+    log("kolm: mining the recipe pack from the accepted outputs")
+    tok = base_tokenizer(p.base.gguf, p.fmt.eos)
+    return mine(
+        [e.output for e in p.train],
+        tok,
+        labels=p.labels if p.output_kind == "label" else (),
+        json_keys=p.output_kind == "json",
+        heldout=[e.output for e in p.heldout],
+        inputs=[e.input for e in p.train],
+        heldout_inputs=[e.input for e in p.heldout],
+    )
+
+
+def _grammar(p: Prepared) -> str | None:
+    from kolm.decompose.grammar import grammar_for
+
+    return grammar_for(p.verifier, [e.output for e in p.train[:1]])
+
+
+def _recipes_summary(pack, parts: dict[str, Path], ev: dict) -> dict:
+    from kolm.decompose.pack import PART
+
+    shares = ev["drafted_shares"]
+    return {
+        "part": PART,
+        "bytes": parts[PART].stat().st_size,
+        "entries": pack.entries,
+        "expected_hit_rate": pack.stats["expected_hit_rate"],
+        "heldout_drafted_share": round(sum(shares) / len(shares), 4) if shares else None,
+        "stats": pack.stats,
+    }
+
+
 def _evaluate_stage(
-    p: Prepared, adapter: Path, decoding: Decoding, train_info: dict, progress: bool, log: Log
+    p: Prepared, adapter: Path, decoding: Decoding, pack, progress: bool, log: Log
 ) -> dict:
-    """Student and untrained base through llama.cpp on the held-out inputs."""
+    """Student (with its recipe pack) and untrained base through llama.cpp on the held-out inputs."""
     inputs = [e.input for e in p.heldout]
     gold = [e.output for e in p.heldout]
     log("kolm: evaluating student and untrained base on the held-out set (llama.cpp)")
     scores = {}
     for name, adapter_path in (("student", adapter), ("base", None)):
-        model = Student(p.base.gguf, adapter_path, p.fmt, p.spec.description, decoding)
+        model = Student(
+            p.base.gguf,
+            adapter_path,
+            p.fmt,
+            p.spec.description,
+            decoding,
+            pack=pack if name == "student" else None,
+            grammar=_grammar(p) if name == "student" else None,
+        )
         answer = _grounded(model, p.grounder)
         try:
             answer(inputs[0])  # warm-up
@@ -360,7 +412,12 @@ def _evaluate_stage(
         }
         for e, o, c in zip(p.heldout, student.outputs, checks, strict=True)
     ]
-    return {"scores": scores, "rows": rows, "latencies_s": list(student.latencies_s)}
+    return {
+        "scores": scores,
+        "rows": rows,
+        "latencies_s": list(student.latencies_s),
+        "drafted_shares": list(student.drafted_shares),
+    }
 
 
 def _grounded(model: Student, grounder: Grounder | None):
@@ -503,8 +560,10 @@ def _economics(p: Prepared, metrics: dict, report, teacher: dict) -> dict:
 
 
 def _write_parts(
-    p: Prepared, work: Path, decoding: Decoding, embed_base: bool, report=None
+    p: Prepared, work: Path, decoding: Decoding, embed_base: bool, report=None, pack=None
 ) -> dict[str, Path]:
+    from kolm.decompose.pack import PART
+
     parts_dir = work / "parts"
     parts_dir.mkdir(exist_ok=True)
     (parts_dir / "verifier.json").write_text(
@@ -530,6 +589,9 @@ def _write_parts(
         "config.json": parts_dir / "config.json",
         "verifier.json": parts_dir / "verifier.json",
     }
+    if pack is not None:
+        (parts_dir / PART).write_bytes(pack.to_bytes())
+        parts[PART] = parts_dir / PART
     if report is not None:
         write_jsonl(parts_dir / "distilled.jsonl", [x.to_dict() for x in report.items])
         write_jsonl(parts_dir / "preferences.jsonl", report.preference_pairs())

@@ -62,6 +62,20 @@ def drift_reason(
     return None
 
 
+def coverage_reason(
+    drafted_share: float | None, expected: float | None, tokens: int, min_tokens: int = 4
+) -> str | None:
+    """Drift when an answer falls mostly outside the recipe pack's coverage.
+
+    The pack was mined from the accepted outputs; an answer it drafted less than half
+    as much of as it expects is unlike them, so the next compile should see its input."""
+    if drafted_share is None or not expected or tokens < min_tokens:
+        return None
+    if drafted_share < expected / 2:
+        return f"recipes: {drafted_share:.0%} of tokens from the pack (expected {expected:.0%})"
+    return None
+
+
 class DriftStore:
     def __init__(self, path: Path | None = None):
         self.path = Path(path or default_path())

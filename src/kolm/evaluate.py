@@ -25,6 +25,8 @@ class Scored:
     latency_p50_s: float
     latency_p95_s: float
     latencies_s: tuple[float, ...] = ()
+    drafted_shares: tuple[float, ...] = ()
+    """Per answer, the share of tokens the recipe pack drafted (empty without a pack)."""
 
     def to_dict(self) -> dict:
         return {
@@ -76,6 +78,9 @@ def run_and_score(
         latency_p50_s=percentile(lat, 50),
         latency_p95_s=percentile(lat, 95),
         latencies_s=tuple(lat),
+        drafted_shares=tuple(
+            a.drafted_share for a in answers if getattr(a, "drafted_share", None) is not None
+        ),
     )
 
 

@@ -74,6 +74,8 @@ class Receipt:
     output: str | None = None
     context: list[str] | None = None
     """Ids of the retrieved chunks the prompt was grounded in (None without an index)."""
+    drafted_share: float | None = None
+    """Share of the answer's tokens drafted by the recipe pack (absent in older receipts)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -94,6 +96,7 @@ _BODY_FIELDS = (
     "path",
     "confidence",
     "context",
+    "drafted_share",
 )
 
 
@@ -126,8 +129,9 @@ class ReceiptStore:
     def append(self, **fields) -> Receipt:
         """Add a receipt; fields are Receipt's minus seq/id/prev/hashes/created_at, plus input/output."""
         text_in, text_out = fields.pop("input"), fields.pop("output")
-        if fields.get("context") is None:
-            fields.pop("context", None)  # receipts without an index keep their old shape
+        for optional in ("context", "drafted_share"):
+            if fields.get(optional) is None:
+                fields.pop(optional, None)  # receipts without an index or pack keep their old shape
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:

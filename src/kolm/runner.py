@@ -13,7 +13,7 @@ from pathlib import Path
 
 from kolm import __version__
 from kolm.artifact import Artifact, open_artifact
-from kolm.drift import DriftStore, drift_reason
+from kolm.drift import DriftStore, coverage_reason, drift_reason
 from kolm.errors import BaseModelError, ReceiptError
 from kolm.keys import KeyStore
 from kolm.prompt import PromptFormat
@@ -28,8 +28,11 @@ def load_student(
     threads: int | None = None,
     keys: KeyStore | None = None,
     decoding: Decoding | None = None,
+    recipes: bool = True,
 ) -> tuple[Artifact, Student]:
-    """Verify (when given a path), materialize the parts and load them in llama.cpp."""
+    """Verify (when given a path), materialize the parts and load them in llama.cpp.
+
+    `recipes=False` ignores the artifact's recipe pack (plain decoding, same bytes)."""
     art = artifact if isinstance(artifact, Artifact) else open_artifact(artifact, keys)
     config = art.read_json("config.json")
     decoding = decoding or Decoding(**config["decoding"])
@@ -41,6 +44,8 @@ def load_student(
         PromptFormat.from_dict(config["prompt_format"]),
         config["instruction"],
         decoding,
+        pack=load_pack(art) if recipes else None,
+        grammar=load_grammar(art) if decoding.constrain else None,
     )
     return art, student
 
@@ -73,6 +78,26 @@ def load_grounder(art: Artifact, embedder: str | Path | None = None):
     return Grounder.open(art.materialize(r["part"]), info, r["k"], r["mode"], embedder)
 
 
+def load_grammar(art: Artifact) -> str | None:
+    """The output grammar from the artifact's verifier (for `run.constrain`)."""
+    from kolm.decompose.grammar import grammar_for
+
+    verifier = load_verifier(art)
+    if verifier is None:
+        return None
+    rows = [json.loads(x) for x in art.read_text("train.jsonl").splitlines()[:1] if x.strip()]
+    return grammar_for(verifier, [r["output"] for r in rows])
+
+
+def load_pack(art: Artifact):
+    """The artifact's recipe pack, or None for artifacts made without one."""
+    from kolm.decompose.pack import PART, Pack
+
+    if PART not in art.manifest["parts"]:
+        return None
+    return Pack.from_bytes(art.read_bytes(PART))
+
+
 def load_verifier(art: Artifact) -> Verifier | None:
     """The artifact's verifier, or None for artifacts made before verifiers existed."""
     if "verifier.json" not in art.manifest["parts"]:
@@ -86,6 +111,7 @@ def eval_artifact(
     base: Path | None = None,
     progress: bool = True,
     threads: int | None = None,
+    recipes: bool = True,
 ) -> dict:
     """Score an artifact on new labeled data with the metrics compile uses."""
     from kolm.data import load_examples
@@ -93,7 +119,7 @@ def eval_artifact(
     from kolm.verifier import synthesize
 
     examples = load_examples(data)
-    art, student = load_student(path, base=base, threads=threads)
+    art, student = load_student(path, base=base, threads=threads, recipes=recipes)
     verifier = load_verifier(art) or synthesize([e.output for e in examples])
     grounder = load_grounder(art)
 
@@ -115,6 +141,9 @@ def eval_artifact(
         latency_p50_s=round(scored.latency_p50_s, 4), latency_p95_s=round(scored.latency_p95_s, 4)
     )
     metrics["artifact"] = art.id
+    metrics["recipe_pack"] = student.pack is not None
+    if scored.drafted_shares:
+        metrics["drafted_share"] = round(sum(scored.drafted_shares) / len(scored.drafted_shares), 4)
     metrics["outputs"] = scored.outputs
     return metrics
 
@@ -141,6 +170,9 @@ class Result:
     context: tuple[str, ...] = ()
     """Ids of the retrieved chunks the prompt was grounded in (empty without an index)."""
 
+    drafted_share: float | None = None
+    """Share of the answer's tokens drafted by the recipe pack (None: no pack)."""
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["latency_s"] = round(self.latency_s, 4)
@@ -163,9 +195,10 @@ class Runner:
         min_confidence: float = 0.3,
         keys: KeyStore | None = None,
         decoding: Decoding | None = None,
+        recipes: bool = True,
     ):
         self.artifact, self.student = load_student(
-            artifact, base=base, threads=threads, keys=keys, decoding=decoding
+            artifact, base=base, threads=threads, keys=keys, decoding=decoding, recipes=recipes
         )
         self.path = str(Path(artifact).resolve())
         self.verifier = load_verifier(self.artifact)
@@ -177,8 +210,10 @@ class Runner:
             "decoding": self.student.decoding.to_dict(),
             "llama_cpp": llama_cpp_version(),
             "kolm": __version__,
-            "recipe_pack": False,
+            "recipe_pack": self.student.pack is not None,
         }
+        pack = self.student.pack
+        self._expected_share = pack.stats.get("expected_hit_rate") if pack else None
 
     def __call__(self, text: str) -> Result:
         g = self.grounder
@@ -187,6 +222,9 @@ class Runner:
         output, path = ans.output, "student"
         verified, rule, _ = self._check(output)
         reason = drift_reason(verified, rule, ans.confidence, self.min_confidence)
+        reason = reason or coverage_reason(
+            ans.drafted_share, self._expected_share, ans.completion_tokens
+        )
         n_out, finish = ans.completion_tokens, ans.finish_reason
         if reason and self._fallback is not None:
             reply, path = self._fallback(text, context)
@@ -207,6 +245,7 @@ class Runner:
                 path=path,
                 confidence=ans.confidence,
                 context=list(ids) if g else None,
+                drafted_share=ans.drafted_share,
             ).id
         if reason and self.drift is not None:
             self.drift.add(self.artifact.id, text, ans.output, reason, ans.confidence, receipt)
@@ -224,6 +263,7 @@ class Runner:
             n_out,
             "length" if finish == "length" else "stop",
             ids,
+            ans.drafted_share,
         )
 
     def _check(self, output: str) -> tuple[bool | None, str | None, str]:

@@ -3,6 +3,9 @@
 The shared prompt prefix (template + instruction) is evaluated once at load and
 its state restored before every call, so each answer is computed the same way
 whatever came before it (greedy decoding; same machine and build → same bytes).
+Decoding is `decompose.draft.decode`: plain greedy one token at a time, or, with
+a recipe pack and flash attention (whose logits do not depend on the batch
+shape), drafts verified in batches — the same bytes either way.
 Knows llama-cpp-python; knows nothing of artifacts, signatures or training.
 """
 
@@ -12,7 +15,7 @@ import contextlib
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from kolm.errors import InputError, RuntimeFailure
@@ -29,13 +32,16 @@ class Decoding:
     n_ctx: int = 1024
     n_batch: int = 512
     threads: int = 0
-    """llama.cpp threads; 0 means `default_threads()`."""
+    flash_attn: bool = False
+    """llama.cpp flash attention. With it a position's logits do not depend on how
+    many tokens share its batch, which lossless drafting needs; without it (older
+    artifacts) the recipe pack is not used."""
+    constrain: bool = False
+    """Constrain outputs with a grammar from the verifier (labels or JSON Schema)."""
 
     def resolved(self) -> Decoding:
         threads = self.threads or default_threads()
-        return Decoding(
-            self.max_tokens, self.temperature, self.seed, self.n_ctx, self.n_batch, threads
-        )
+        return replace(self, threads=threads)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,6 +72,8 @@ class Answer:
     finish_reason: str
     confidence: float | None = None
     """Smallest top-1 minus top-2 probability over the answer's tokens (1 = certain)."""
+    drafted_share: float | None = None
+    """Share of generated tokens the recipe pack drafted (None when no pack was used)."""
 
 
 def llama_cpp_version() -> str:
@@ -87,10 +95,23 @@ class Student:
         fmt: PromptFormat,
         instruction: str,
         decoding: Decoding,
+        pack=None,
+        grammar: str | None = None,
     ):
         self.fmt, self.instruction = fmt, instruction
         self.decoding = decoding.resolved()
         self._llm = _load(base, adapter, self.decoding)
+        self.pack = pack if self.decoding.flash_attn else None
+        """The recipe pack in use (None: plain decoding)."""
+        self._stop_ids = _end_of_turn_ids(self._llm)
+        self._pieces = None
+        self._constraint = None
+        if grammar and self.decoding.constrain:
+            from kolm.decompose.grammar import Constraint
+
+            self._constraint = Constraint(self._llm, grammar)
+        self.last_decode = None
+        """How the last answer was decoded (`decompose.draft.Decoded`)."""
         self._prefix = token_ids(fmt.prefix_segments(instruction), self._tokenize)
         self._llm.reset()
         self._llm.eval(self._prefix)
@@ -123,48 +144,45 @@ class Student:
             self._llm.load_state(self._state)
         else:
             self._llm.reset()
-        margins: list[float] = []
-        out = self._llm.create_completion(
+        from kolm.decompose.draft import Pieces, decode
+
+        self._pieces = self._pieces or Pieces(self._llm)
+        out = decode(
+            self._llm,
             tokens,
-            logits_processor=_margin_recorder(margins),
-            max_tokens=d.max_tokens,
-            temperature=d.temperature,
-            top_k=1,
-            top_p=1.0,
-            min_p=0.0,
-            repeat_penalty=1.0,
-            seed=d.seed,
-            stop=[self.fmt.eos] if self.fmt.eos else None,
+            self.pack,
+            d.max_tokens,
+            self._stop_ids,
+            stop_texts=[self.fmt.eos.encode("utf-8")] if self.fmt.eos else [],
+            pieces=self._pieces,
+            source=user_input.encode("utf-8"),
+            constraint=self._constraint,
         )
+        self.last_decode = out
         latency = time.perf_counter() - t0
-        choice = out["choices"][0]
         return Answer(
-            output=choice["text"].strip(),
+            output=out.text.decode("utf-8", errors="ignore").strip(),
             prompt_tokens=len(tokens),
-            completion_tokens=int(out["usage"]["completion_tokens"]),
+            completion_tokens=len(out.tokens),
             latency_s=latency,
-            finish_reason=str(choice.get("finish_reason")),
-            confidence=round(min(margins), 4) if margins else None,
+            finish_reason=out.finish_reason,
+            confidence=round(min(out.margins), 4) if out.margins else None,
+            drafted_share=round(out.drafted_share, 4) if self.pack is not None else None,
         )
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
+            if self._constraint is not None:
+                self._constraint.close()
             self._llm.close()
 
 
-def _margin_recorder(margins: list[float]):
-    """A logits processor that records each step's top-1/top-2 probability margin, changing nothing."""
-    import numpy as np
-    from llama_cpp import LogitsProcessorList
+def _end_of_turn_ids(llm) -> frozenset[int]:
+    """Every token llama.cpp treats as end of generation (create_completion stops on these)."""
+    import llama_cpp
 
-    def record(_ids, logits):
-        top2 = np.partition(logits, -2)[-2:]
-        hi, lo = float(max(top2)), float(min(top2))
-        z = np.exp(logits - hi).sum()
-        margins.append((1.0 - float(np.exp(lo - hi))) / float(z))
-        return logits
-
-    return LogitsProcessorList([record])
+    vocab = llm._model.vocab
+    return frozenset(t for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t))
 
 
 def _load(base: Path, adapter: Path | None, d: Decoding):
@@ -179,6 +197,7 @@ def _load(base: Path, adapter: Path | None, d: Decoding):
             n_threads=d.threads,
             n_threads_batch=d.threads,
             seed=d.seed,
+            flash_attn=d.flash_attn,
             verbose=False,
         )
     except Exception as e:

@@ -80,6 +80,9 @@ class RunConfig:
     """llama.cpp context size."""
     threads: int = 0
     """llama.cpp threads; 0 uses the default (every core but one; `runtime.default_threads`)."""
+    constrain: bool = False
+    """Constrain outputs with a llama.cpp grammar from the verifier (its closed label
+    set or JSON Schema), so the student can emit only outputs of that shape."""
 
     def check(self) -> list[str]:
         problems = []

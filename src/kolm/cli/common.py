@@ -80,3 +80,8 @@ no_store_io_option = click.option(
     "--no-store-io", is_flag=True, help="Keep only hashes of inputs and outputs in receipts."
 )
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+no_recipes_option = click.option(
+    "--no-recipes",
+    is_flag=True,
+    help="Ignore the artifact's recipe pack (plain decoding; the same bytes, for comparison).",
+)

@@ -8,7 +8,15 @@ from pathlib import Path
 import click
 
 from kolm.cli.app import cli
-from kolm.cli.common import _floor_line, _k_line, _table, base_option, quiet_option, threads_option
+from kolm.cli.common import (
+    _floor_line,
+    _k_line,
+    _table,
+    base_option,
+    no_recipes_option,
+    quiet_option,
+    threads_option,
+)
 
 
 @cli.command("compile")
@@ -293,6 +301,7 @@ def cache_prune(model: str | None, before: str | None, cache_path: Path | None) 
 @base_option
 @threads_option
 @quiet_option
+@no_recipes_option
 def eval_cmd(
     artifact: Path,
     data: Path,
@@ -300,11 +309,14 @@ def eval_cmd(
     base: Path | None,
     threads: int | None,
     quiet: bool,
+    no_recipes: bool,
 ) -> None:
     """Evaluate ARTIFACT on labeled DATA (JSONL/CSV of input, output) with compile's metrics."""
     from kolm.runner import eval_artifact
 
-    m = eval_artifact(artifact, data, base=base, progress=not quiet, threads=threads)
+    m = eval_artifact(
+        artifact, data, base=base, progress=not quiet, threads=threads, recipes=not no_recipes
+    )
     if as_json:
         click.echo(json.dumps({k: v for k, v in m.items() if k != "outputs"}, indent=1))
         return

@@ -14,6 +14,7 @@ from kolm.cli.common import (
     drift_option,
     fallback_option,
     min_confidence_option,
+    no_recipes_option,
     no_store_io_option,
     quiet_option,
     receipts_option,
@@ -58,6 +59,7 @@ from kolm.data import BATCH_FORMATS
 @min_confidence_option
 @fallback_option
 @quiet_option
+@no_recipes_option
 def run_cmd(
     artifact: Path,
     text: str | None,
@@ -74,6 +76,7 @@ def run_cmd(
     min_confidence: float,
     fallback: str | None,
     quiet: bool,
+    no_recipes: bool,
 ) -> None:
     """Answer TEXT (or every line of --input) with the model in ARTIFACT; write a receipt per answer.
 
@@ -88,7 +91,15 @@ def run_cmd(
         raise click.UsageError("--resume continues an --out FILE: give it")
     lines = _batch_lines(input_file, fmt) if input_file is not None else None
     runner = _runner(
-        artifact, base, threads, receipts_path, no_store_io, drift_path, min_confidence, fallback
+        artifact,
+        base,
+        threads,
+        receipts_path,
+        no_store_io,
+        drift_path,
+        min_confidence,
+        fallback,
+        not no_recipes,
     )
     try:
         if lines is None:
@@ -100,7 +111,15 @@ def run_cmd(
 
 
 def _runner(
-    artifact, base, threads, receipts_path, no_store_io, drift_path, min_confidence, fallback
+    artifact,
+    base,
+    threads,
+    receipts_path,
+    no_store_io,
+    drift_path,
+    min_confidence,
+    fallback,
+    recipes: bool,
 ):
     from kolm.drift import DriftStore
     from kolm.receipts import ReceiptStore
@@ -114,6 +133,7 @@ def _runner(
         drift=DriftStore(drift_path),
         fallback=fallback,
         min_confidence=min_confidence,
+        recipes=recipes,
     )
 
 
@@ -213,6 +233,7 @@ def _run_batch(runner, lines, out: Path | None, resume: bool, progress: bool) ->
 @drift_option
 @min_confidence_option
 @fallback_option
+@no_recipes_option
 def serve_cmd(
     artifact: Path,
     host: str,
@@ -229,6 +250,7 @@ def serve_cmd(
     drift_path: Path | None,
     min_confidence: float,
     fallback: str | None,
+    no_recipes: bool,
 ) -> None:
     """Serve ARTIFACT over an OpenAI-compatible HTTP API, with a receipt per request."""
     import uvicorn
@@ -242,7 +264,15 @@ def serve_cmd(
             "(KOLM_SERVE_API_KEY or --api-key-file)"
         )
     runner = _runner(
-        artifact, base, threads, receipts_path, no_store_io, drift_path, min_confidence, fallback
+        artifact,
+        base,
+        threads,
+        receipts_path,
+        no_store_io,
+        drift_path,
+        min_confidence,
+        fallback,
+        not no_recipes,
     )
     name = model_name or runner.artifact.manifest["task"]["name"]
     worker = Worker(runner, queue_size)

@@ -88,8 +88,23 @@ def inspect_cmd(artifact: Path, as_json: bool) -> None:
             rows.append(("TF-IDF floor", floor))
     if "kscore" in m:
         rows.append(("K-score", _k_line(m)))
+    rows += _recipe_rows(m.get("recipes"))
     rows.append(("versions", ", ".join(f"{k} {v}" for k, v in m["versions"].items())))
     click.echo(_table(rows, (str(artifact), "")))
+
+
+def _recipe_rows(r: dict | None) -> list[tuple[str, str]]:
+    if not r:
+        return [("recipe pack", "none (plain decoding)")]
+    measured = r.get("heldout_drafted_share")
+    return [
+        ("recipe pack", f"{r['part']}: {r['bytes'] / 1e3:.1f} kB, {r['entries']} entries"),
+        (
+            "  expected hit rate",
+            f"{r['expected_hit_rate']:.1%} of answer tokens drafted"
+            + (f" (measured on held-out: {measured:.1%})" if measured is not None else ""),
+        ),
+    ]
 
 
 @cli.group("cache")

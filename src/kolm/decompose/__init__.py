@@ -1,0 +1,1 @@
+"""Decompose: the recipe pack (mine, pack) and lossless drafting with it (draft)."""

@@ -1,0 +1,241 @@
+"""Drafting: lossless speculative greedy decoding with a recipe pack as the drafter.
+
+At each step the pack proposes the tokens that always followed the answer so
+far; the model evaluates the pending token and the whole draft in ONE batched
+llama.cpp call with logits at every position, keeps the longest prefix equal to
+its own greedy (argmax) tokens, adds its own next token, and drops the rejected
+positions from the KV cache. With no pack (or no draft) a step is one token,
+exactly plain greedy decoding. The stop rules, the text and the per-token
+confidence margin are those of llama-cpp-python's `create_completion` with
+top_k=1, so the answer is byte-identical with and without the pack.
+
+It knows llama-cpp-python's low-level batch API and the pack's lookup; it knows
+nothing of prompts, artifacts or verifiers (the caller hands it token ids).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from kolm.decompose.mine import MAX_DRAFT, chain
+from kolm.decompose.pack import Pack
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One greedy answer and how it was produced."""
+
+    tokens: list[int]
+    """Answer tokens, without the end-of-turn token."""
+    text: bytes
+    finish_reason: str
+    """`stop` (end-of-turn token or stop text) or `length`."""
+    margins: list[float]
+    """Top-1 minus top-2 probability for every generated token (end-of-turn included)."""
+    generated: int
+    """Tokens the model produced, end-of-turn included."""
+    drafted: int
+    """Of those, how many the pack had proposed (accepted drafts)."""
+    proposed: int
+    """Draft tokens sent for verification."""
+    steps: int
+    """Model evaluations (batched calls) after the prompt."""
+
+    @property
+    def drafted_share(self) -> float:
+        return self.drafted / self.generated if self.generated else 0.0
+
+
+class Pieces:
+    """Token id → bytes, cached (the pack's JSON-key state is computed on bytes)."""
+
+    def __init__(self, llm):
+        self._llm, self._cache = llm, {}
+
+    def __call__(self, t: int) -> bytes:
+        b = self._cache.get(t)
+        if b is None:
+            b = self._cache[t] = self._llm.detokenize([t])
+        return b
+
+    def tokenize(self, text: str) -> list[int]:
+        """Plain text (never special tokens) to token ids."""
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+
+def decode(
+    llm,
+    prompt: list[int],
+    pack: Pack | None,
+    max_tokens: int,
+    stop_ids: Collection[int],
+    *,
+    stop_texts: Collection[bytes] = (),
+    max_draft: int = MAX_DRAFT,
+    pieces: Pieces | None = None,
+    source: bytes = b"",
+    constraint=None,
+) -> Decoded:
+    """Greedy answer to `prompt`, reusing whatever prefix of it llm's KV cache holds.
+
+    `source` is the input's text, which a pack that copies inputs drafts from.
+    `constraint` (a `grammar.Constraint`) limits each step to what the grammar allows;
+    drafts are then checked against the constrained choice."""
+    pieces = pieces or Pieces(llm)
+    tokenize = pieces.tokenize
+    if constraint is not None:
+        constraint.reset()
+    s = _State(llm, prompt, max_tokens, stop_ids, stop_texts, pieces, constraint)
+    pending = s.reuse_prefix()
+    while s.finish is None:
+        pending = s.flush_prompt(pending)
+        room = min(max_draft, max_tokens - len(s.out) - 1, s.room(len(pending)))
+        draft = []
+        if pack is not None and room > 0:
+            draft = chain(pack, s.out, s.text, pieces, room, source, tokenize)
+        pending = s.step(pending, draft)
+    return Decoded(
+        s.out, s.final_text(), s.finish, s.margins, s.generated, s.drafted, s.proposed, s.steps
+    )
+
+
+class _State:
+    """Bookkeeping of one `decode` call: KV position, answer, margins, stop rules."""
+
+    def __init__(self, llm, prompt, max_tokens, stop_ids, stop_texts, pieces, constraint=None):
+        self.llm, self.prompt, self.max_tokens = llm, list(prompt), max_tokens
+        self.constraint = constraint
+        self.stop_ids, self.stop_texts, self.pieces = set(stop_ids), list(stop_texts), pieces
+        self.out: list[int] = []
+        self.text = b""
+        self.margins: list[float] = []
+        self.finish: str | None = None
+        self.cut: int | None = None
+        self.multibyte = 0
+        self.generated = self.drafted = self.proposed = self.steps = 0
+        self.n_vocab = llm.n_vocab()
+        self.cap = llm.n_batch  # llm._batch holds n_batch tokens
+
+    def reuse_prefix(self) -> list[int]:
+        """Keep the cached prefix of the prompt (at least one token is re-evaluated)."""
+        llm, n = self.llm, 0
+        cached = llm.input_ids[: llm.n_tokens]
+        for a, b in zip(cached, self.prompt, strict=False):
+            if a != b:
+                break
+            n += 1
+        n = min(n, len(self.prompt) - 1)
+        llm._ctx.kv_cache_seq_rm(-1, n, -1)
+        llm.n_tokens = n
+        return self.prompt[n:]
+
+    def room(self, pending: int) -> int:
+        return min(self.cap - pending, self.llm.n_ctx() - self.llm.n_tokens - pending)
+
+    def flush_prompt(self, pending: list[int]) -> list[int]:
+        """Evaluate all but the last batch of a long prompt, without logits."""
+        while len(pending) > self.cap:
+            self._decode(pending[: self.cap], 0)
+            pending = pending[self.cap :]
+        return pending
+
+    def step(self, pending: list[int], draft: list[int]) -> list[int]:
+        """One batched evaluation of pending + draft; returns the next pending token."""
+        import numpy as np
+
+        base = self.llm.n_tokens
+        self._decode(pending + draft, len(draft) + 1)
+        self.steps += 1
+        self.proposed += len(draft)
+        first = len(pending) - 1
+        accepted = 0
+        for j in range(len(draft) + 1):
+            logits = _logits(self.llm, first + j, self.n_vocab)
+            if self.constraint is None:
+                tok = int(np.argmax(logits))
+            else:
+                tok = self.constraint.pick(logits)
+                self.constraint.accept(tok)
+            self.margins.append(_margin(logits))
+            hit = j < len(draft) and tok == draft[j]
+            self._emit(tok, hit)
+            if self.finish is not None or not hit:
+                break
+            accepted += 1
+        keep = base + len(pending) + accepted
+        if keep < self.llm.n_tokens:
+            self.llm._ctx.kv_cache_seq_rm(-1, keep, -1)
+            self.llm.n_tokens = keep
+        return [self.out[-1]] if self.finish is None else []
+
+    def _emit(self, tok: int, drafted: bool) -> None:
+        """The create_completion rules: end-of-turn, then stop text, then length."""
+        self.generated += 1
+        self.drafted += drafted
+        if tok in self.stop_ids:
+            self.finish = "stop"
+            return
+        self.out.append(tok)
+        self.text += self.pieces(tok)
+        if self._multibyte_pending():
+            return
+        for s in self.stop_texts:
+            if s in self.text:
+                self.finish, self.cut = "stop", self.text.index(s)
+                return
+        if len(self.out) >= self.max_tokens:
+            self.finish = "length"
+
+    def _multibyte_pending(self) -> bool:
+        for k, char in enumerate(self.text[-3:]):
+            k = 3 - k
+            for num, pattern in ((2, 192), (3, 224), (4, 240)):
+                if num > k and pattern & char == pattern:
+                    self.multibyte = num - k
+        if self.multibyte > 0:
+            self.multibyte -= 1
+            return True
+        return False
+
+    def final_text(self) -> bytes:
+        return self.text if self.cut is None else self.text[: self.cut]
+
+    def _decode(self, tokens: list[int], n_logits: int) -> None:
+        """Evaluate `tokens` at the current position; logits for the last n_logits."""
+        from kolm.errors import RuntimeFailure
+
+        llm = self.llm
+        b = llm._batch.batch
+        n, start = len(tokens), llm.n_tokens
+        b.n_tokens = n
+        for i, t in enumerate(tokens):
+            b.token[i] = t
+            b.pos[i] = start + i
+            b.seq_id[i][0] = 0
+            b.n_seq_id[i] = 1
+            b.logits[i] = i >= n - n_logits
+        try:
+            llm._ctx.decode(llm._batch)
+        except RuntimeError as e:
+            raise RuntimeFailure(f"llama.cpp failed to evaluate a batch: {e}") from None
+        llm.input_ids[start : start + n] = tokens
+        llm.n_tokens = start + n
+
+
+def _logits(llm, i: int, n_vocab: int):
+    import llama_cpp
+    import numpy as np
+
+    ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, i)
+    return np.ctypeslib.as_array(ptr, shape=(n_vocab,))
+
+
+def _margin(logits) -> float:
+    """Top-1 minus top-2 probability, computed exactly as runtime's margin recorder does."""
+    import numpy as np
+
+    top2 = np.partition(logits, -2)[-2:]
+    hi, lo = float(max(top2)), float(min(top2))
+    z = np.exp(logits - hi).sum()
+    return (1.0 - float(np.exp(lo - hi))) / float(z)

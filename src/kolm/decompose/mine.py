@@ -1,0 +1,256 @@
+"""Mining: from accepted outputs to a recipe pack.
+
+Each accepted output (gold or teacher-labelled) is tokenized with the base
+model's own tokenizer and followed by the end-of-answer token. For every
+position the miner counts what came next after three kinds of context: the
+exact answer prefix, the last k tokens (k = 1..order), and, for JSON outputs,
+the last k tokens under the most recent object key. A context is kept only
+when every observation agreed and it was seen at least `min_support` times.
+The verifier's closed label set is added as a token trie (a label's remaining
+tokens are certain once its prefix is unique). Redundant entries (a shorter
+context already says the same) are dropped, and the pack's expected share of
+drafted tokens is measured by replaying drafting over the outputs.
+
+It knows tokens and counting. It does not know the model's weights, so a pack
+can only propose: `draft` checks every proposal against the model.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from kolm.decompose.pack import Pack, copy_continuation, json_key
+
+ORDER = 4
+MIN_SUPPORT = 2
+MAX_PREFIX = 16
+MAX_DRAFT = 12
+
+
+@dataclass(frozen=True)
+class Tokenizer:
+    """The three things mining needs from the base model's tokenizer."""
+
+    tokenize: Callable[[str], list[int]]
+    """Plain text (never special tokens) to token ids."""
+    piece: Callable[[int], bytes]
+    """One token id to its bytes."""
+    eos: int
+    """The end-of-turn token every answer ends with."""
+
+
+def base_tokenizer(gguf: Path, eos_text: str) -> Tokenizer:
+    """The base GGUF's tokenizer through llama.cpp (vocabulary only, no weights)."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(gguf), vocab_only=True, verbose=False)
+    eos = llm.tokenize(eos_text.encode(), add_bos=False, special=True)
+    if len(eos) != 1:
+        eos = [llm.token_eos()]
+    pieces: dict[int, bytes] = {}
+
+    def piece(t: int) -> bytes:
+        if t not in pieces:
+            pieces[t] = llm.detokenize([t])
+        return pieces[t]
+
+    return Tokenizer(
+        tokenize=lambda text: llm.tokenize(text.encode("utf-8"), add_bos=False, special=False),
+        piece=piece,
+        eos=eos[0],
+    )
+
+
+def answer_tokens(outputs: Sequence[str], tok: Tokenizer) -> list[list[int]]:
+    """Each output as the model writes it: its tokens, then end-of-answer."""
+    return [tok.tokenize(o) + [tok.eos] for o in outputs]
+
+
+def mine(
+    outputs: Sequence[str],
+    tok: Tokenizer,
+    *,
+    labels: Sequence[str] = (),
+    json_keys: bool = False,
+    heldout: Sequence[str] = (),
+    inputs: Sequence[str] = (),
+    heldout_inputs: Sequence[str] = (),
+    order: int = ORDER,
+    min_support: int = MIN_SUPPORT,
+    max_prefix: int = MAX_PREFIX,
+) -> Pack:
+    """A pack from accepted outputs; `heldout` outputs only measure it.
+
+    With `inputs` (one per output) mining also measures whether answers copy from
+    their inputs, and turns copying on when it drafts more than the tables alone."""
+    seqs = answer_tokens(outputs, tok)
+    prefix, ngrams, keyed = _count(seqs, tok.piece, order, max_prefix, json_keys)
+    pack = Pack(
+        eos=tok.eos,
+        order=order,
+        max_prefix=max_prefix,
+        json_keys=json_keys,
+        prefix=_certain(prefix, min_support),
+        ngrams=_certain(ngrams, min_support),
+        keyed=_certain(keyed, min_support),
+    )
+    _add_label_trie(pack, answer_tokens(labels, tok), max_prefix)
+    pack = _pruned(pack, tok.piece)
+    train_share = replay_share(pack, seqs, tok.piece)
+    if inputs and json_keys:
+        copying = replace(pack, copy_input=True)
+        share = replay_share(copying, seqs, tok.piece, sources=inputs, tokenize=tok.tokenize)
+        if share > train_share + 0.02:
+            pack, train_share = copying, share
+    stats = {
+        "sequences": len(seqs),
+        "tokens": sum(map(len, seqs)),
+        "entries": {
+            "prefix": len(pack.prefix),
+            "ngram": len(pack.ngrams),
+            "keyed": len(pack.keyed),
+        },
+        "labels": len(labels),
+        "min_support": min_support,
+        "max_draft": MAX_DRAFT,
+        "copy_input": pack.copy_input,
+        "train_drafted_share": round(train_share, 4),
+    }
+    if heldout:
+        sources = heldout_inputs if pack.copy_input else ()
+        share = replay_share(
+            pack, answer_tokens(heldout, tok), tok.piece, sources=sources, tokenize=tok.tokenize
+        )
+        stats["heldout_drafted_share"] = round(share, 4)
+    stats["expected_hit_rate"] = stats.get("heldout_drafted_share", stats["train_drafted_share"])
+    return replace(pack, stats=stats)
+
+
+def _count(seqs, piece, order: int, max_prefix: int, json_keys: bool):
+    prefix: dict = defaultdict(Counter)
+    ngrams: dict = defaultdict(Counter)
+    keyed: dict = defaultdict(Counter)
+    for seq in seqs:
+        text = b""
+        for i, nxt in enumerate(seq):
+            if i <= max_prefix:
+                prefix[tuple(seq[:i])][nxt] += 1
+            key = json_key(text) if json_keys else ""
+            for k in range(1, min(order, i) + 1):
+                ctx = tuple(seq[i - k : i])
+                ngrams[ctx][nxt] += 1
+                if key:
+                    keyed[(key, ctx)][nxt] += 1
+            text += piece(nxt)
+    return prefix, ngrams, keyed
+
+
+def _certain(table: dict, min_support: int) -> dict:
+    """Contexts whose every observation agreed, seen often enough."""
+    out = {}
+    for ctx, counts in table.items():
+        if len(counts) == 1:
+            ((tok, n),) = counts.items()
+            if n >= min_support:
+                out[ctx] = tok
+    return out
+
+
+def _add_label_trie(pack: Pack, label_seqs: list[list[int]], max_prefix: int) -> None:
+    """The closed label set: a prefix shared by labels that agree on the next token."""
+    nexts: dict[tuple[int, ...], set[int]] = defaultdict(set)
+    for seq in label_seqs:
+        for i in range(min(len(seq), max_prefix + 1)):
+            nexts[tuple(seq[:i])].add(seq[i])
+    for ctx, toks in nexts.items():
+        if len(toks) == 1:
+            pack.prefix.setdefault(ctx, next(iter(toks)))
+
+
+def _pruned(pack: Pack, piece) -> Pack:
+    """Drop entries a less specific context already answers the same way."""
+    ngrams = {c: t for c, t in pack.ngrams.items() if len(c) < 2 or pack.ngrams.get(c[1:]) != t}
+    keyed = {
+        (k, c): t
+        for (k, c), t in pack.keyed.items()
+        if pack.ngrams.get(c) != t and (len(c) < 2 or pack.keyed.get((k, c[1:])) != t)
+    }
+    bare = replace(pack, prefix={}, ngrams=ngrams, keyed=keyed)
+    prefix = {}
+    for ctx, t in pack.prefix.items():
+        key = json_key(b"".join(piece(x) for x in ctx)) if pack.json_keys else None
+        if bare.next_token(ctx, key) != t:
+            prefix[ctx] = t
+    return replace(pack, prefix=prefix, ngrams=ngrams, keyed=keyed)
+
+
+def chain(
+    pack: Pack,
+    answer: list[int],
+    text: bytes,
+    piece,
+    limit: int,
+    source: bytes = b"",
+    tokenize=None,
+) -> list[int]:
+    """Follow the pack from `answer` for up to `limit` tokens (stops after end-of-answer).
+
+    Where the pack is unsure and it copies inputs, one span of `source` (the input
+    text) that continues the open string value is drafted, tokenized by `tokenize`."""
+    out: list[int] = []
+    ctx = list(answer)
+    copied = not (pack.copy_input and source and tokenize)
+    while len(out) < limit:
+        t = pack.next_token(ctx, json_key(text) if pack.json_keys else None)
+        if t is None:
+            if copied:
+                break
+            copied = True
+            span = copy_continuation(text, source)
+            toks = tokenize(span.decode("utf-8", "ignore")) if span else []
+            if not toks:
+                break
+            toks = toks[: limit - len(out)]
+            out += toks
+            ctx += toks
+            text += b"".join(piece(x) for x in toks)
+            continue
+        out.append(t)
+        if t == pack.eos:
+            break
+        ctx.append(t)
+        text += piece(t)
+    return out
+
+
+def replay_share(
+    pack: Pack,
+    seqs: list[list[int]],
+    piece,
+    max_draft: int = MAX_DRAFT,
+    sources: Sequence[str] = (),
+    tokenize=None,
+) -> float:
+    """Share of tokens drafted and accepted if the model wrote exactly these sequences.
+
+    Mirrors `draft.decode`: each step drafts a chain, keeps its agreeing prefix, and
+    then takes one token from the model. `sources` are the inputs, for copying."""
+    drafted = total = 0
+    for n, seq in enumerate(seqs):
+        source = sources[n].encode("utf-8") if sources else b""
+        i, text = 0, b""
+        while i < len(seq):
+            limit = min(max_draft, len(seq) - i)
+            d = chain(pack, seq[:i], text, piece, limit, source, tokenize)
+            a = 0
+            while a < len(d) and d[a] == seq[i + a]:
+                a += 1
+            drafted += a
+            step = a + (1 if i + a < len(seq) else 0)
+            text += b"".join(piece(x) for x in seq[i : i + step])
+            i += step
+        total += len(seq)
+    return drafted / total if total else 0.0

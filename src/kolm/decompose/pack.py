@@ -1,0 +1,210 @@
+"""The recipe pack: what the compiler learned for certain about a task's answers.
+
+A pack is three lookup tables from an answer-so-far (token ids) to the one next
+token that always followed it in the accepted outputs: the exact answer prefix
+(which holds the closed label set as a token trie), the last k tokens, and the
+last k tokens under the most recent JSON key. `next_token` asks them from the
+most specific to the least. The pack serializes to a compact, versioned byte
+string: the same tables always give the same bytes.
+
+It knows token ids and bytes; it does not know the tokenizer, the model or how
+the tables were mined (that is `mine`), nor how drafts are verified (`draft`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from kolm.errors import ArtifactError
+
+MAGIC = b"KOLMRCP\x00"
+VERSION = 1
+PART = "recipes.pack"
+_KEY = re.compile(rb'"((?:[^"\\]|\\.){1,64})"\s*:')
+
+
+def copy_continuation(text: bytes, source: bytes, max_bytes: int = 24) -> bytes:
+    """What followed the answer's open string value in `source`, when that is unambiguous.
+
+    The value so far (after the last quote; at least 2 bytes) is looked up in the
+    source text, longest suffix first; every occurrence must continue the same way.
+    The continuation stops before a quote, comma, colon, semicolon, bracket or line break."""
+    if text.count(b'"') % 2 == 0:
+        return b""
+    value = text[text.rfind(b'"') + 1 :]
+    for n in range(min(len(value), 16), 1, -1):
+        suffix = value[-n:]
+        spots = _find_all(source, suffix)
+        if not spots:
+            continue
+        nexts = {source[p + n : p + n + 4] for p in spots}
+        if len(nexts) != 1:
+            return b""
+        cont = source[spots[0] + n : spots[0] + n + max_bytes]
+        return _STOP.split(cont, maxsplit=1)[0]
+    return b""
+
+
+_STOP = re.compile(rb'["\n,;:()\[\]{}]')
+
+
+def _find_all(hay: bytes, needle: bytes) -> list[int]:
+    out, i = [], hay.find(needle)
+    while i >= 0 and len(out) < 8:
+        out.append(i)
+        i = hay.find(needle, i + 1)
+    return out
+
+
+def json_key(text: bytes) -> str:
+    """The most recent complete JSON object key in `text` ('' when there is none)."""
+    last = b""
+    for m in _KEY.finditer(text):
+        last = m.group(1)
+    return last.decode("utf-8", "replace")
+
+
+@dataclass(frozen=True)
+class Pack:
+    """Deterministic continuations, most specific context first."""
+
+    eos: int
+    """The end-of-answer token id the outputs were mined with."""
+    order: int
+    """Longest n-gram context, in tokens."""
+    max_prefix: int
+    """Longest answer prefix kept in `prefix`."""
+    json_keys: bool
+    """Whether `keyed` contexts apply (JSON outputs)."""
+    copy_input: bool = False
+    """Whether string values are drafted from the input when its text continues them
+    unambiguously (mining measured that answers copy from their inputs)."""
+    prefix: dict[tuple[int, ...], int] = field(default_factory=dict)
+    ngrams: dict[tuple[int, ...], int] = field(default_factory=dict)
+    keyed: dict[tuple[str, tuple[int, ...]], int] = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)
+    """What mining saw and measured (sequences, tokens, expected hit rate, ...)."""
+
+    @property
+    def entries(self) -> int:
+        return len(self.prefix) + len(self.ngrams) + len(self.keyed)
+
+    def next_token(self, answer: Sequence[int], key: str | None = None) -> int | None:
+        """The token that always followed this answer-so-far, or None when unsure."""
+        n = len(answer)
+        if n <= self.max_prefix:
+            t = self.prefix.get(tuple(answer))
+            if t is not None:
+                return t
+        use_key = self.json_keys and key is not None
+        for k in range(min(self.order, n), 0, -1):
+            ctx = tuple(answer[n - k :])
+            if use_key:
+                t = self.keyed.get((key, ctx))
+                if t is not None:
+                    return t
+            t = self.ngrams.get(ctx)
+            if t is not None:
+                return t
+        return None
+
+    def to_bytes(self) -> bytes:
+        header = {
+            "eos": self.eos,
+            "order": self.order,
+            "max_prefix": self.max_prefix,
+            "json_keys": self.json_keys,
+            "copy_input": self.copy_input,
+            "stats": self.stats,
+        }
+        keys = sorted({k for k, _ in self.keyed})
+        header["keys"] = keys
+        index = {k: i for i, k in enumerate(keys)}
+        body = bytearray()
+        _put_table(body, sorted(self.prefix.items()), None)
+        _put_table(body, sorted(self.ngrams.items()), None)
+        keyed = sorted(((index[k], ctx), t) for (k, ctx), t in self.keyed.items())
+        _put_table(body, [(ctx, t) for (_, ctx), t in keyed], [i for (i, _), _ in keyed])
+        head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+        packed = zlib.compress(bytes(body), 9)
+        return MAGIC + struct.pack("<HI", VERSION, len(head)) + head + packed
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Pack:
+        try:
+            return _parse(data)
+        except ArtifactError:
+            raise
+        except Exception as e:  # truncated or damaged bytes raise many types
+            raise ArtifactError(
+                f"{PART} is damaged ({type(e).__name__}: {e})",
+                hint="rebuild the artifact with `kolm compile`, or run with --no-recipes",
+            ) from None
+
+
+def _put_table(out: bytearray, items: list, key_ids: list[int] | None) -> None:
+    out += struct.pack("<I", len(items))
+    for i, (ctx, tok) in enumerate(items):
+        out += struct.pack("<B", len(ctx))
+        if key_ids is not None:
+            out += struct.pack("<H", key_ids[i])
+        out += struct.pack(f"<{len(ctx)}I", *ctx)
+        out += struct.pack("<I", tok)
+
+
+def _get_table(buf: memoryview, pos: int, keyed: bool) -> tuple[list, int]:
+    (n,) = struct.unpack_from("<I", buf, pos)
+    pos += 4
+    rows = []
+    for _ in range(n):
+        (k,) = struct.unpack_from("<B", buf, pos)
+        pos += 1
+        kid = None
+        if keyed:
+            (kid,) = struct.unpack_from("<H", buf, pos)
+            pos += 2
+        ctx = struct.unpack_from(f"<{k}I", buf, pos)
+        pos += 4 * k
+        (tok,) = struct.unpack_from("<I", buf, pos)
+        pos += 4
+        rows.append((kid, tuple(ctx), tok))
+    return rows, pos
+
+
+def _parse(data: bytes) -> Pack:
+    if not data.startswith(MAGIC):
+        raise ArtifactError(f"{PART} is not a recipe pack (bad magic)")
+    version, head_len = struct.unpack_from("<HI", data, len(MAGIC))
+    if version > VERSION:
+        raise ArtifactError(
+            f"{PART} has version {version}, newer than this kolm reads ({VERSION})",
+            hint="upgrade kolm, or run with --no-recipes",
+        )
+    start = len(MAGIC) + 6
+    header = json.loads(data[start : start + head_len])
+    z = zlib.decompressobj()
+    buf = memoryview(z.decompress(data[start + head_len :]))
+    if z.unused_data or not z.eof:
+        raise ArtifactError(f"{PART} is truncated or has trailing bytes")
+    prefix, pos = _get_table(buf, 0, False)
+    ngrams, pos = _get_table(buf, pos, False)
+    keyed, pos = _get_table(buf, pos, True)
+    if pos != len(buf):
+        raise ArtifactError(f"{PART} has {len(buf) - pos} trailing bytes")
+    keys = header["keys"]
+    return Pack(
+        eos=header["eos"],
+        order=header["order"],
+        max_prefix=header["max_prefix"],
+        json_keys=header["json_keys"],
+        copy_input=header.get("copy_input", False),
+        prefix={ctx: t for _, ctx, t in prefix},
+        ngrams={ctx: t for _, ctx, t in ngrams},
+        keyed={(keys[kid], ctx): t for kid, ctx, t in keyed},
+        stats=header["stats"],
+    )

@@ -1,0 +1,312 @@
+"""Decompose: the recipe pack is rebuilt byte-identically, and drafting with it never changes
+an answer (real llama.cpp on the bundled SmolLM2 base, no adapter)."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import zipfile
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kolm.artifact import open_artifact, write_artifact
+from kolm.basemodel import resolve
+from kolm.decompose.mine import Tokenizer, base_tokenizer, mine, replay_share
+from kolm.decompose.pack import PART, Pack
+from kolm.errors import ArtifactError
+from kolm.keys import KeyStore
+from kolm.prompt import format_from_gguf
+from kolm.runtime import Decoding, Student
+
+REPO = Path(__file__).resolve().parents[1]
+INSTRUCTION = "Extract the invoice fields as JSON with keys vendor, invoice, total, currency, due."
+ROWS = [json.loads(x) for x in (REPO / "examples/invoice-fields/invoices.jsonl").open()]
+MAX_TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def base():
+    return resolve("smollm2-135m-instruct").gguf
+
+
+@pytest.fixture(scope="module")
+def tok(base):
+    return base_tokenizer(base, format_from_gguf(base).eos)
+
+
+@pytest.fixture(scope="module")
+def students(base):
+    """Plain and pack-drafting students, and a pack mined from the plain one's own answers."""
+    fmt = format_from_gguf(base)
+    dec = Decoding(max_tokens=MAX_TOKENS, threads=1, flash_attn=True)
+    plain = Student(base, None, fmt, INSTRUCTION, dec)
+    mined_from = [plain.answer(r["input"]).output for r in ROWS[:10]]
+    pack = mine(mined_from, base_tokenizer(base, fmt.eos), min_support=1)
+    fast = Student(base, None, fmt, INSTRUCTION, dec, pack=pack)
+    yield plain, fast
+    plain.close()
+    fast.close()
+
+
+def _same(a, b) -> bool:
+    keys = ("output", "confidence", "completion_tokens", "finish_reason", "prompt_tokens")
+    return all(getattr(a, k) == getattr(b, k) for k in keys)
+
+
+# -- the pack ------------------------------------------------------------------------
+
+
+def test_pack_is_rebuilt_byte_identically(tok):
+    outputs = [r["output"] for r in ROWS[:120]]
+    one = mine(outputs, tok, json_keys=True, heldout=[r["output"] for r in ROWS[200:]])
+    shuffled = outputs[:]
+    random.Random(1).shuffle(shuffled)
+    two = mine(shuffled, tok, json_keys=True, heldout=[r["output"] for r in ROWS[200:]])
+    assert one.to_bytes() == two.to_bytes()
+    back = Pack.from_bytes(one.to_bytes())
+    assert back == one and back.to_bytes() == one.to_bytes()
+    assert one.entries > 50 and one.stats["expected_hit_rate"] > 0.3, one.stats
+    assert mine(outputs[:-1], tok, json_keys=True).to_bytes() != one.to_bytes()
+
+
+def test_json_keys_and_label_trie_draft_what_is_certain(tok):
+    outputs = [r["output"] for r in ROWS[:120]]
+    plain = mine(outputs, tok)
+    keyed = mine(outputs, tok, json_keys=True)
+    seqs = [tok.tokenize(r["output"]) + [tok.eos] for r in ROWS[200:]]
+    assert keyed.keyed and replay_share(keyed, seqs, tok.piece) > replay_share(
+        plain, seqs, tok.piece
+    )
+    labels = ["billing", "bug_report", "login_access", "shipping_delivery"]
+    pack = mine(["billing", "billing"], tok, labels=labels)
+    for label in labels:
+        seq = tok.tokenize(label) + [tok.eos]
+        # once the first token is out, the rest of the label (and the end) is certain
+        assert all(pack.next_token(seq[:i]) == seq[i] for i in range(1, len(seq)))
+
+
+def test_damaged_pack_bytes_are_refused(tok):
+    data = mine([r["output"] for r in ROWS[:40]], tok, json_keys=True).to_bytes()
+    for bad in (data[: len(data) // 2], b"XXXX" + data[4:], data + b"\0"):
+        with pytest.raises(ArtifactError):
+            Pack.from_bytes(bad)
+
+
+def test_corrupt_pack_part_is_refused_by_the_artifact_check(tmp_path, tok):
+    keys = KeyStore()
+    keys.ensure()
+    (tmp_path / PART).write_bytes(mine([r["output"] for r in ROWS[:40]], tok).to_bytes())
+    (tmp_path / "config.json").write_text("{}")
+    out = tmp_path / "a.kolm"
+    parts = {PART: tmp_path / PART, "config.json": tmp_path / "config.json"}
+    write_artifact(out, parts, {"task": {"name": "t"}}, keys)
+    assert open_artifact(out).manifest["parts"][PART]["size"] > 0
+    bad = tmp_path / "bad.kolm"
+    with zipfile.ZipFile(out) as src, zipfile.ZipFile(bad, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if info.filename == PART:
+                data = data[:-1] + bytes([data[-1] ^ 1])
+            dst.writestr(info, data)
+    with pytest.raises(ArtifactError, match=f"changed: {PART}"):
+        open_artifact(bad)
+
+
+# -- drafting is lossless ----------------------------------------------------------------
+
+
+def test_plain_loop_matches_llama_cpp_create_completion(base):
+    """Without a pack, decoding is exactly what create_completion(top_k=1) returned before."""
+    fmt = format_from_gguf(base)
+    for fa in (False, True):
+        dec = Decoding(max_tokens=MAX_TOKENS, threads=1, flash_attn=fa)
+        s = Student(base, None, fmt, INSTRUCTION, dec)
+        try:
+            for r in ROWS[:3]:
+                got = s.answer(r["input"])
+                want = _create_completion(s, r["input"])
+                assert (got.output, got.confidence, got.completion_tokens) == want
+        finally:
+            s.close()
+
+
+def test_drafting_is_byte_identical_on_mined_inputs(students):
+    plain, fast = students
+    drafted = 0.0
+    for r in ROWS[:10] + ROWS[150:156]:
+        a, b = plain.answer(r["input"]), fast.answer(r["input"])
+        assert _same(a, b), (r["input"], a, b)
+        assert a.drafted_share is None and b.drafted_share is not None
+        drafted += b.drafted_share
+    assert drafted > 3  # the drafts were really used (and sometimes rejected)
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.text(min_size=1, max_size=80))
+def test_drafting_is_byte_identical_on_any_input(students, text):
+    plain, fast = students
+    assert _same(plain.answer(text), fast.answer(text))
+
+
+def test_no_flash_attention_means_no_drafting(base, tok):
+    """Without flash attention batched logits differ from one-token ones: the pack is not used."""
+    fmt = format_from_gguf(base)
+    pack = mine([r["output"] for r in ROWS[:40]], tok)
+    s = Student(base, None, fmt, INSTRUCTION, Decoding(max_tokens=4, threads=1), pack=pack)
+    try:
+        assert s.pack is None and s.answer("hi").drafted_share is None
+    finally:
+        s.close()
+
+
+def _create_completion(s: Student, text: str):
+    """Plain greedy decoding as runtime.py did it before drafting (the reference)."""
+    import numpy as np
+    from llama_cpp import LogitsProcessorList
+
+    margins: list[float] = []
+
+    def record(_ids, logits):
+        top2 = np.partition(logits, -2)[-2:]
+        hi, lo = float(max(top2)), float(min(top2))
+        z = np.exp(logits - hi).sum()
+        margins.append((1.0 - float(np.exp(lo - hi))) / float(z))
+        return logits
+
+    tokens = s.prompt_tokens(text)
+    s._llm.load_state(s._state)
+    out = s._llm.create_completion(
+        tokens,
+        logits_processor=LogitsProcessorList([record]),
+        max_tokens=s.decoding.max_tokens,
+        temperature=0.0,
+        top_k=1,
+        top_p=1.0,
+        min_p=0.0,
+        repeat_penalty=1.0,
+        seed=0,
+        stop=[s.fmt.eos],
+    )
+    c = out["choices"][0]
+    return c["text"].strip(), round(min(margins), 4), int(out["usage"]["completion_tokens"])
+
+
+# -- artifacts with and without a pack -----------------------------------------------------
+
+
+def test_artifact_without_a_pack_still_runs_and_answers_the_same(compiled, env, tmp_path):
+    from kolm.runner import Runner, load_pack
+
+    art = open_artifact(compiled["out"])
+    assert PART in art.part_names() and load_pack(art).entries > 0
+    assert art.manifest["recipes"]["entries"] == load_pack(art).entries
+    parts = {}
+    for name in art.part_names():
+        if name != PART:
+            parts[name] = tmp_path / name
+            shutil.copyfile(art.materialize(name), parts[name])
+    manifest = {k: v for k, v in art.manifest.items() if k not in ("parts", "recipes")}
+    old = tmp_path / "no-pack.kolm"
+    write_artifact(old, parts, manifest, KeyStore())
+    with_pack, without = Runner(compiled["out"], threads=1), Runner(old, threads=1)
+    try:
+        assert with_pack.settings["recipe_pack"] is True
+        assert without.settings["recipe_pack"] is False and without.student.pack is None
+        for text in ("I keep thinking about a red car.", "Tell me about the cello", "snow"):
+            a, b = with_pack(text), without(text)
+            assert (a.output, a.confidence) == (b.output, b.confidence)
+            assert a.drafted_share is not None and b.drafted_share is None
+    finally:
+        with_pack.close()
+        without.close()
+
+
+def test_format_v1_fixture_has_no_pack():
+    from kolm.runner import load_pack
+
+    fixtures = Path(__file__).parent / "fixtures"
+    KeyStore().trust((fixtures / "format-v1.pub").read_text())
+    assert load_pack(open_artifact(fixtures / "format-v1.kolm")) is None
+
+
+def test_tokenizer_type_is_what_mining_needs(tok):
+    assert isinstance(tok, Tokenizer) and tok.piece(tok.tokenize("{")[0]) == b"{"
+
+
+# -- constrained output ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["label", "json"])
+def test_grammar_constrained_outputs_always_pass_the_verifier(base, kind):
+    from kolm.decompose.grammar import grammar_for
+    from kolm.verifier import synthesize
+
+    if kind == "label":
+        seeds = ["billing", "bug_report", "login_access", "shipping_delivery"] * 2
+        instruction = "Route the support ticket to a queue."
+    else:
+        seeds = [
+            json.dumps({"currency": c, "paid": p, "items": n})
+            for c, p, n in [
+                ("USD", True, 1),
+                ("EUR", False, 3),
+                ("GBP", True, 2),
+                ("USD", False, 7),
+            ]
+        ]
+        instruction = INSTRUCTION
+    verifier = synthesize(seeds, labels=seeds if kind == "label" else ())
+    assert verifier.kind == kind
+    gbnf = grammar_for(verifier, seeds)
+    fmt = format_from_gguf(base)
+    dec = Decoding(max_tokens=32, threads=1, flash_attn=True)
+    free = Student(base, None, fmt, instruction, dec)
+    tied = Student(base, None, fmt, instruction, replace(dec, constrain=True), grammar=gbnf)
+    try:
+        texts = [r["input"] for r in ROWS[:4]]
+        free_pass = sum(verifier.check(free.answer(t).output).ok for t in texts)
+        outs = [tied.answer(t).output for t in texts]
+        assert all(verifier.check(o).ok for o in outs), outs
+        assert free_pass < len(texts)  # the untrained base alone does not produce these shapes
+    finally:
+        free.close()
+        tied.close()
+
+
+def test_answers_mostly_outside_the_pack_are_drift_candidates():
+    from kolm.drift import coverage_reason
+
+    assert coverage_reason(0.1, 0.8, tokens=30).startswith("recipes: 10% of tokens")
+    assert coverage_reason(0.6, 0.8, tokens=30) is None
+    assert coverage_reason(0.0, 0.8, tokens=2) is None  # too short to judge
+    assert coverage_reason(None, 0.8, tokens=30) is None  # no pack in use
+
+
+def test_shipped_json_example_is_valid_and_reproducible(tmp_path):
+    import subprocess
+    import sys
+
+    from kolm.compiler import prepare
+    from kolm.spec import load_spec
+
+    folder = REPO / "examples/invoice-fields"
+    assert (
+        (folder / "kolm.yaml")
+        .read_text()
+        .startswith("# Compile:  kolm compile examples/invoice-fields/kolm.yaml")
+    )
+    assert "CC0" in (folder / "LICENSE.txt").read_text()
+    p = prepare(load_spec(folder / "kolm.yaml"))
+    assert p.output_kind == "json" and len(p.train) + len(p.heldout) == 240
+    assert set(p.verifier.schema["required"]) == {"vendor", "invoice", "total", "currency", "due"}
+    shutil.copyfile(folder / "make_data.py", tmp_path / "make_data.py")
+    subprocess.run([sys.executable, "make_data.py"], cwd=tmp_path, check=True)
+    assert (tmp_path / "invoices.jsonl").read_bytes() == (folder / "invoices.jsonl").read_bytes()
