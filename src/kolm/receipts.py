@@ -99,6 +99,10 @@ _BODY_FIELDS = (
     "drafted_share",
 )
 
+# Present only when used (an index, a recipe pack), so older receipts keep their shape.
+_OPTIONAL = ("context", "drafted_share")
+_REQUIRED = set(_BODY_FIELDS) - set(_OPTIONAL)
+
 
 @dataclass(frozen=True)
 class ChainReport:
@@ -129,7 +133,7 @@ class ReceiptStore:
     def append(self, **fields) -> Receipt:
         """Add a receipt; fields are Receipt's minus seq/id/prev/hashes/created_at, plus input/output."""
         text_in, text_out = fields.pop("input"), fields.pop("output")
-        for optional in ("context", "drafted_share"):
+        for optional in _OPTIONAL:
             if fields.get(optional) is None:
                 fields.pop(optional, None)  # receipts without an index or pack keep their old shape
         db = self._db
@@ -299,7 +303,7 @@ def _body(body: str) -> dict | None:
         data = json.loads(body)
     except ValueError:
         return None
-    if not isinstance(data, dict) or set(data) != set(_BODY_FIELDS):
+    if not isinstance(data, dict) or not _REQUIRED <= set(data) <= set(_BODY_FIELDS):
         return None
     return data
 
