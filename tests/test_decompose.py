@@ -23,6 +23,8 @@ from kolm.keys import KeyStore
 from kolm.prompt import format_from_gguf
 from kolm.runtime import Decoding, Student
 
+from .test_artifact import manifest_fields
+
 REPO = Path(__file__).resolve().parents[1]
 INSTRUCTION = "Extract the invoice fields as JSON with keys vendor, invoice, total, currency, due."
 ROWS = [json.loads(x) for x in (REPO / "examples/invoice-fields/invoices.jsonl").open()]
@@ -104,7 +106,7 @@ def test_corrupt_pack_part_is_refused_by_the_artifact_check(tmp_path, tok):
     (tmp_path / "config.json").write_text("{}")
     out = tmp_path / "a.kolm"
     parts = {PART: tmp_path / PART, "config.json": tmp_path / "config.json"}
-    write_artifact(out, parts, {"task": {"name": "t"}}, keys)
+    write_artifact(out, parts, manifest_fields(), keys)
     assert open_artifact(out).manifest["parts"][PART]["size"] > 0
     bad = tmp_path / "bad.kolm"
     with zipfile.ZipFile(out) as src, zipfile.ZipFile(bad, "w") as dst:
@@ -222,7 +224,10 @@ def test_artifact_without_a_pack_still_runs_and_answers_the_same(compiled, env, 
         assert without.settings["recipe_pack"] is False and without.student.pack is None
         for text in ("I keep thinking about a red car.", "Tell me about the cello", "snow"):
             a, b = with_pack(text), without(text)
-            assert (a.output, a.confidence) == (b.output, b.confidence)
+            assert a.output == b.output
+            # With a LoRA loaded, batched logits differ from one-token ones in the last
+            # bits (docs/benchmarks.md): the text is the same, the margin may not be.
+            assert a.confidence == pytest.approx(b.confidence, abs=2e-3)
             assert a.drafted_share is not None and b.drafted_share is None
     finally:
         with_pack.close()
