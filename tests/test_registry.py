@@ -33,10 +33,7 @@ from .test_artifact import make
 
 BINARY = shutil.which("docker-registry") or shutil.which("registry")
 FIXTURES = Path(__file__).parent / "fixtures"
-pytestmark = pytest.mark.skipif(
-    BINARY is None,
-    reason="no OCI registry binary: `apt-get install -y docker-registry` (Debian) to run these",
-)
+NO_BINARY = "no OCI registry binary: `apt-get install -y docker-registry` (Debian) to run this"
 
 
 def _free_port() -> int:
@@ -49,6 +46,8 @@ class Registry:
     """A running `docker-registry serve` on loopback; `host` is `127.0.0.1:PORT`."""
 
     def __init__(self, root: Path, auth: str = ""):
+        if BINARY is None:
+            pytest.skip(NO_BINARY)
         self.root, self.port = root, _free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.storage = root / "storage"
@@ -387,3 +386,34 @@ def test_bearer_token_flow_with_credentials(tmp_path, token_registry, monkeypatc
     assert (tmp_path / "p.kolm").read_bytes() == art.read_bytes()
     scopes = [s["path"] for s in _TokenServer.seen if s["auth"]]
     assert any("service=kolm-test" in p and "repository%3Ateam%2Fprivate" in p for p in scopes)
+
+
+# -- every response read is bounded ------------------------------------------------------
+class _HugeManifest(BaseHTTPRequestHandler):
+    """A misbehaving registry: a manifest far over 4 MiB, sent without a length."""
+
+    def do_GET(self):  # noqa: N802
+        self.send_response(200)
+        self.send_header("Content-Type", OCI_MANIFEST)
+        self.end_headers()
+        chunk = b" " * (1 << 20)
+        try:
+            for _ in range(64):
+                self.wfile.write(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+def test_an_oversized_manifest_is_refused_without_reading_it_all(tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _HugeManifest)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        ref = f"127.0.0.1:{server.server_address[1]}/team/huge:v1"
+        with pytest.raises(RegistryError, match="manifest is over 4194304 bytes"):
+            pull(ref, tmp_path / "h.kolm")
+        assert not (tmp_path / "h.kolm").exists()
+    finally:
+        server.shutdown()
