@@ -108,7 +108,7 @@ def _show_eval(e: dict, as_json: bool) -> None:
         rows.append(("TF-IDF floor", floor))
     if e.get("kscore") and e.get("gate"):
         rows.append(("K-score", _k_line({"kscore": e["kscore"], "gate": e["gate"]})))
-    click.echo(_table(rows, (f"published metrics of {e['ref']}", "")))
+    click.echo(_table(rows, ("published metrics", e["ref"])))
 
 
 def _show_checkpoints(found: list[dict], as_json: bool) -> None:
