@@ -417,3 +417,39 @@ def test_an_oversized_manifest_is_refused_without_reading_it_all(tmp_path):
         assert not (tmp_path / "h.kolm").exists()
     finally:
         server.shutdown()
+
+
+# -- auth: basic, against the registry's own htpasswd ---------------------------------
+def _bcrypt(password: str) -> str:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        crypt = pytest.importorskip("crypt", reason="no crypt module to write a bcrypt htpasswd")
+    if crypt.METHOD_BLOWFISH not in crypt.methods:
+        pytest.skip("this libc's crypt(3) cannot make bcrypt hashes for htpasswd")
+    return crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))
+
+
+def test_basic_auth_with_htpasswd(tmp_path, monkeypatch):
+    (tmp_path / "reg").mkdir()
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(f"alice:{_bcrypt('wonder')}\n")
+    auth = f"auth:\n  htpasswd:\n    realm: kolm-test\n    path: {htpasswd}\n"
+    reg = Registry(tmp_path / "reg", auth)
+    try:
+        art, ref = make(tmp_path), f"{reg.host}/team/basic:v1"
+        monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker"))
+        monkeypatch.delenv("KOLM_REGISTRY_USER", raising=False)
+        with pytest.raises(RegistryError, match="refused the request anonymously"):
+            publish(art, ref)
+        monkeypatch.setenv("KOLM_REGISTRY_USER", "alice")
+        monkeypatch.setenv("KOLM_REGISTRY_PASSWORD", "wrong")
+        with pytest.raises(RegistryError, match=r"as alice \(env\)"):
+            publish(art, ref)
+        monkeypatch.setenv("KOLM_REGISTRY_PASSWORD", "wonder")
+        publish(art, ref)
+        assert pull(ref, tmp_path / "b.kolm").digest.startswith("sha256:")
+        assert (tmp_path / "b.kolm").read_bytes() == art.read_bytes()
+    finally:
+        reg.stop()

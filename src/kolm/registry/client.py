@@ -86,8 +86,11 @@ class Client:
                 resp = self._http.send(req, stream=True, follow_redirects=follow)
             except httpx.HTTPError as e:
                 raise self._unreachable(e) from None
-            if resp.status_code != 401 or attempt:
+            if resp.status_code != 401:
                 return resp
+            if attempt:  # the credentials or token it asked for were not enough
+                resp.close()
+                raise self._denied(what)
             challenge = parse_challenge(resp.headers.get("www-authenticate"))
             resp.close()
             self._authorize(challenge, what)
@@ -103,8 +106,6 @@ class Client:
         if challenge is not None and challenge.scheme == "bearer":
             self._auth = "Bearer " + self._token(challenge, what)
         elif challenge is not None and challenge.scheme == "basic" and self.credentials:
-            if self._auth == self.credentials.basic():
-                raise self._denied(what)
             self._auth = self.credentials.basic()
         else:
             raise self._denied(what)
@@ -164,8 +165,8 @@ class Client:
     # -- blobs ---------------------------------------------------------------------
     def blob_exists(self, digest: str) -> bool:
         resp = self.send("HEAD", self.url(f"blobs/{digest}"), "checking a blob", follow=True)
-        resp.close()
         if resp.status_code in (200, 404):
+            resp.close()
             return resp.status_code == 200
         self.check(resp, f"checking blob {digest}")
         return False
