@@ -265,6 +265,15 @@ def test_cli_errors_are_clear(tmp_path, registry):
     assert r.returncode == 4 and "no such artifact" in r.stderr
     r = run_cli("push", str(make(tmp_path)), f"{registry.host}/team/m@sha256:" + "a" * 64)
     assert r.returncode == 13 and "push to a tag" in r.stderr
+    ref = f"{registry.host}/team/folder:v1"
+    publish(make(tmp_path), ref)
+    r = run_cli("pull", ref, "--out", str(tmp_path))
+    assert r.returncode == 2 and "directory" in r.stderr  # click refuses a folder for --out
+    with pytest.raises(RegistryError, match="is a folder"):
+        pull(ref, tmp_path)
+    for args in (["push"], ["pull"], ["receipts", "anchor"]):
+        r = run_cli(*args, "--help")
+        assert r.returncode == 0 and "--insecure" in r.stdout, args
 
 
 # -- referrers: published metrics and receipts checkpoints -----------------------------

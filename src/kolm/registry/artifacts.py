@@ -210,6 +210,8 @@ def pull(
         doc, _, digest, _ = c.get_manifest_json(ref.reference)
         layer = _kolm_layer(doc, ref)
         dest = Path(out) if out else Path(_file_name(layer, ref))
+        if dest.is_dir():
+            raise RegistryError(f"{dest} is a folder", hint=f"give a file: --out {dest}/NAME.kolm")
         dest.parent.mkdir(parents=True, exist_ok=True)
         with _partial(dest) as tmp:
             with open(tmp, "wb") as f, _bar(layer["size"], progress, "pull") as bar:
@@ -356,9 +358,13 @@ def _check_eval(payload: bytes, ref: Ref, keys: KeyStore) -> dict:
         raise SignatureError(
             f"refused the metrics published for {ref}: {e.message}", e.hint
         ) from None
-    manifest = json.loads(body)
+    try:
+        manifest = json.loads(body)
+        summary = eval_summary(manifest)
+    except (ValueError, KeyError, TypeError):
+        raise RegistryError(f"{ref}: the published manifest is not a kolm manifest") from None
     artifact_id = hashlib.sha256(body).hexdigest()
-    if doc.get("artifact_id") != artifact_id or doc.get("summary") != eval_summary(manifest):
+    if doc.get("artifact_id") != artifact_id or doc.get("summary") != summary:
         raise ArtifactError(
             f"refused the metrics published for {ref}: they disagree with "
             "the signed manifest they carry"
@@ -367,7 +373,7 @@ def _check_eval(payload: bytes, ref: Ref, keys: KeyStore) -> dict:
         "artifact_id": artifact_id,
         "signed_by": verified.key_id,
         "trust": verified.trust,
-        **eval_summary(manifest),
+        **summary,
     }
 
 
@@ -394,15 +400,19 @@ def push_checkpoint(
 
 
 def read_checkpoints(
-    ref: str | Ref, *, insecure: bool = False, credentials: Credentials | None = None
+    ref: str | Ref,
+    *,
+    insecure: bool = False,
+    credentials: Credentials | None = None,
+    limit: int = 100,
 ) -> list[dict]:
-    """Every receipts checkpoint published for REF, oldest first (text and annotations)."""
+    """The newest `limit` receipts checkpoints published for REF, oldest first."""
     ref = _ref(ref)
     out = []
     with Client(ref, insecure, credentials) as c:
         subject = _subject(c, ref)
         found = c.referrers(subject["digest"], CHECKPOINT_TYPE)
-        for d in sorted(found, key=_created):
+        for d in sorted(found, key=_created)[-limit:]:
             text = _referrer_payload(c, d, CHECKPOINT_TYPE, subject["digest"])
             out.append(
                 {
