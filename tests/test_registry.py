@@ -462,3 +462,30 @@ def test_basic_auth_with_htpasswd(tmp_path, monkeypatch):
         assert (tmp_path / "b.kolm").read_bytes() == art.read_bytes()
     finally:
         reg.stop()
+
+
+def test_a_manifest_whose_annotations_lie_is_refused(tmp_path, registry):
+    """The blob is intact and signed, but the manifest claims another artifact id."""
+    art = make(tmp_path)
+    ref = parse_ref(f"{registry.host}/team/lying:v1")
+    publish(art, ref)
+    with Client(ref) as c:
+        doc = c.get_manifest_json("v1")[0]
+        doc["annotations"]["vnd.kolm.artifact.id"] = "f" * 64
+        c.put_manifest("v1", json.dumps(doc).encode(), OCI_MANIFEST)
+    out = tmp_path / "lying.kolm"
+    with pytest.raises(ArtifactError, match="annotations name artifact ffff"):
+        pull(ref, out)
+    assert not out.exists() and _no_partials(tmp_path)
+
+
+def test_chunked_upload_round_trips(tmp_path, registry):
+    art = make(tmp_path)
+    ref = f"{registry.host}/team/chunked:v1"
+    size = art.stat().st_size
+    pushed = publish(art, ref, chunk_bytes=size // 3)  # three full PATCHes and a tail
+    assert pushed.uploaded
+    pull(ref, tmp_path / "c.kolm")
+    assert (tmp_path / "c.kolm").read_bytes() == art.read_bytes()
+    r = run_cli("push", str(art), f"{registry.host}/team/chunked-cli:v1", "--chunk-mb", "1")
+    assert r.returncode == 0 and "uploaded" in r.stdout, r.stderr

@@ -19,16 +19,35 @@ from kolm.cli.common import _floor_line, _k_line, _table, insecure_option, quiet
     is_flag=True,
     help="Also publish the held-out metrics and K as a referrer anyone can read without the model.",
 )
+@click.option(
+    "--chunk-mb",
+    type=click.IntRange(min=1),
+    help="Upload in chunks of this many MB (for registries or proxies that cap request bodies).",
+)
 @insecure_option
 @quiet_option
 @click.option("--json", "as_json", is_flag=True)
 def push_cmd(
-    artifact: Path, ref: str, with_eval: bool, insecure: bool, quiet: bool, as_json: bool
+    artifact: Path,
+    ref: str,
+    with_eval: bool,
+    chunk_mb: int | None,
+    insecure: bool,
+    quiet: bool,
+    as_json: bool,
 ) -> None:
     """Verify ARTIFACT, then push it to REF (REGISTRY/NAME:TAG) as an OCI artifact."""
     from kolm.registry import publish
 
-    r = publish(artifact, ref, with_eval=with_eval, insecure=insecure, progress=not quiet)
+    chunk = chunk_mb * 1_000_000 if chunk_mb else None
+    r = publish(
+        artifact,
+        ref,
+        with_eval=with_eval,
+        insecure=insecure,
+        progress=not quiet,
+        chunk_bytes=chunk,
+    )
     if as_json:
         click.echo(json.dumps(r.to_dict(), indent=1))
         return

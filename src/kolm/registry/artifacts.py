@@ -13,6 +13,7 @@ training or inference.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -93,8 +94,11 @@ def publish(
     credentials: Credentials | None = None,
     keys: KeyStore | None = None,
     progress: bool = False,
+    chunk_bytes: int | None = None,
 ) -> PushResult:
-    """Verify ARTIFACT, then push it to REF (a tag); with_eval adds its metrics as a referrer."""
+    """Verify ARTIFACT, then push it to REF (a tag); with_eval adds its metrics as a referrer.
+
+    chunk_bytes uploads the file in PATCHes of that size instead of one PUT."""
     ref, keys, path = _ref(ref), keys or KeyStore(), Path(artifact_path)
     if ref.digest:
         raise RegistryError(f"push to a tag, not a digest: {ref}", hint="e.g. REGISTRY/NAME:v1")
@@ -103,7 +107,8 @@ def publish(
     eval_doc = eval_document(path, art) if with_eval else None
     layer_digest, size = _file_digest(path), path.stat().st_size
     with Client(ref, insecure, credentials) as c:
-        uploaded = c.push_blob(layer_digest, size, lambda: _chunks(path, size, progress, "push"))
+        body = functools.partial(_chunks, path, size, progress, "push")
+        uploaded = c.push_blob(layer_digest, size, body, chunk_bytes)
         c.push_bytes(EMPTY)
         annotations = artifact_annotations(art)
         layer = {

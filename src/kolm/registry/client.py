@@ -1,7 +1,7 @@
 """A small client for the OCI distribution API (blobs, manifests, referrers) over httpx.
 
 It uploads blobs (HEAD first, so a blob the registry has is not sent again; then
-POST + a streamed monolithic PUT), puts and gets manifests, streams blobs into a
+POST + a streamed monolithic PUT, or PATCH chunks + PUT), puts and gets manifests, streams blobs into a
 file while hashing them, and lists referrers through the referrers API or, where
 a registry lacks it, the spec's fallback tag (`sha256-<hex>` holding an index).
 Every response body it reads is capped. It answers auth challenges (basic, and
@@ -171,22 +171,45 @@ class Client:
         self.check(resp, f"checking blob {digest}")
         return False
 
-    def push_blob(self, digest: str, size: int, body: Body) -> bool:
-        """Upload a blob unless the registry has it; True when bytes were sent."""
+    def push_blob(self, digest: str, size: int, body: Body, chunk: int | None = None) -> bool:
+        """Upload a blob unless the registry has it; True when bytes were sent.
+
+        One streamed PUT (monolithic), or with `chunk` PATCHes of that many bytes and
+        a closing PUT (for registries or proxies that cap request bodies)."""
         if self.blob_exists(digest):
             return False
         what = f"uploading blob {digest[:19]}…"
-        resp = self.check(self.send("POST", self.url("blobs/uploads/"), what), what, ok=(202,))
+        location = self._upload_location(self.send("POST", self.url("blobs/uploads/"), what), what)
+        headers = {"Content-Type": "application/octet-stream"}
+        if chunk and size > chunk:
+            location = self._patch_chunks(location, _rechunk(body(), chunk), what)
+            size, body = 0, b""
+        sep = "&" if "?" in location else "?"
+        headers["Content-Length"] = str(size)
+        put = self.send("PUT", f"{location}{sep}digest={digest}", what, headers=headers, body=body)
+        self.check(put, what, ok=(201,)).close()
+        return True
+
+    def _upload_location(self, resp, what: str) -> str:
+        resp = self.check(resp, what, ok=(202,))
         resp.close()
         location = resp.headers.get("location")
         if not location:
             raise RegistryError(f"{what}: the registry gave no upload location")
-        location = str(resp.url.join(location))
-        sep = "&" if "?" in location else "?"
-        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
-        put = self.send("PUT", f"{location}{sep}digest={digest}", what, headers=headers, body=body)
-        self.check(put, what, ok=(201,)).close()
-        return True
+        return str(resp.url.join(location))
+
+    def _patch_chunks(self, location: str, chunks: Iterable[bytes], what: str) -> str:
+        start = 0
+        for piece in chunks:
+            headers = {
+                "Content-Type": "application/octet-stream",
+                "Content-Length": str(len(piece)),
+                "Content-Range": f"{start}-{start + len(piece) - 1}",
+            }
+            resp = self.send("PATCH", location, what, headers=headers, body=piece)
+            location = self._upload_location(resp, what)
+            start += len(piece)
+        return location
 
     def push_bytes(self, data: bytes) -> str:
         digest = sha256_digest(data)
@@ -311,6 +334,17 @@ def _tls_context():
     import httpx
 
     return httpx.create_ssl_context()
+
+
+def _rechunk(chunks: Iterable[bytes], size: int) -> Iterable[bytes]:
+    buf = bytearray()
+    for c in chunks:
+        buf += c
+        while len(buf) >= size:
+            yield bytes(buf[:size])
+            del buf[:size]
+    if buf:
+        yield bytes(buf)
 
 
 def fallback_tag(digest: str) -> str:
