@@ -125,7 +125,9 @@ def _round(art: Path, ref: str, root: Path) -> dict[str, float]:
     times["push again"] = _timed(lambda: _check(not publish(art, ref).uploaded))
     times["pull"] = _timed(pull, ref, pulled)
     times["verify"] = _timed(open_artifact, pulled)
-    times["blob PUT only"], times["blob GET only"] = _blob_only(art, ref.replace("/bench/", "/raw/"), root)
+    times["blob PUT only"], times["blob GET only"] = _blob_only(
+        art, ref.replace("/bench/", "/raw/"), root
+    )
     if pulled.read_bytes() != art.read_bytes():
         sys.exit("pulled file differs from the pushed one")
     copy.unlink()

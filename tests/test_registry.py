@@ -190,6 +190,8 @@ def test_cli_push_pull_json(tmp_path, registry):
     pulled = json.loads(r.stdout)
     assert pulled["digest"] == pushed["digest"] and pulled["trust"] == "own"
     assert (tmp_path / "o.kolm").read_bytes() == art.read_bytes()
+    r = run_cli("pull", "--eval", ref)
+    assert r.returncode == 13 and "has no published metrics" in r.stderr
     r = run_cli("pull", ref, cwd=tmp_path)  # default name: the layer's title
     assert r.returncode == 0 and "every part verified" in r.stdout
     assert (tmp_path / "m.kolm").read_bytes() == art.read_bytes()
