@@ -94,3 +94,9 @@ class RecallError(KolmError):
     """A corpus cannot be indexed, or an index cannot be opened, read or queried."""
 
     exit_code = 12
+
+
+class RegistryError(KolmError):
+    """An OCI registry cannot be reached, refuses a request, or answers something malformed."""
+
+    exit_code = 13

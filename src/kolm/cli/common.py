@@ -85,3 +85,11 @@ no_recipes_option = click.option(
     is_flag=True,
     help="Ignore the artifact's recipe pack (plain decoding; the same bytes, for comparison).",
 )
+
+
+# -- options shared by the commands that talk to an OCI registry --------------------
+insecure_option = click.option(
+    "--insecure",
+    is_flag=True,
+    help="Speak plain http to the registry (loopback registries always use http).",
+)

@@ -9,7 +9,14 @@ from pathlib import Path
 import click
 
 from kolm.cli.app import cli
-from kolm.cli.common import _short, base_option, drift_option, receipts_option, threads_option
+from kolm.cli.common import (
+    _short,
+    base_option,
+    drift_option,
+    insecure_option,
+    receipts_option,
+    threads_option,
+)
 
 
 @cli.group("receipts")
@@ -78,9 +85,22 @@ def receipts_verify(receipts_path: Path | None, checkpoint: Path | None) -> None
 
 @receipts_group.command("anchor")
 @_receipts_opt
-def receipts_anchor(receipts_path: Path | None) -> None:
+@click.option(
+    "--push",
+    "push_ref",
+    metavar="REF",
+    help="Also publish the checkpoint as an OCI referrer of artifact REF (REGISTRY/NAME:TAG).",
+)
+@insecure_option
+def receipts_anchor(receipts_path: Path | None, push_ref: str | None, insecure: bool) -> None:
     """Sign the chain head now and print the checkpoint: store it somewhere else."""
-    click.echo(_store(receipts_path).anchor(), nl=False)
+    note = _store(receipts_path).anchor()
+    if push_ref:
+        from kolm.registry import push_checkpoint
+
+        digest = push_checkpoint(push_ref, note, insecure=insecure)
+        click.echo(f"published as referrer {digest} of {push_ref}", err=True)
+    click.echo(note, nl=False)
 
 
 @cli.command("replay")
