@@ -94,3 +94,11 @@ class RecallError(KolmError):
     """A corpus cannot be indexed, or an index cannot be opened, read or queried."""
 
     exit_code = 12
+
+
+class ServiceError(KolmError):
+    """`kolm server` or its client refused or failed a request (key, quota, upload, server down).
+
+    A remote compile that ran and failed exits with the job's own code instead."""
+
+    exit_code = 13

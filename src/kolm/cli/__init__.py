@@ -7,6 +7,7 @@ llama.cpp) are imported inside the commands that need them, so `kolm verify` and
 """
 
 from kolm.cli import compile, recall, receipts, run, trust  # noqa: F401  (they register commands)
+from kolm.cli import server  # noqa: F401  (compile as a service)
 from kolm.cli.app import cli, main
 
 __all__ = ["cli", "main"]
