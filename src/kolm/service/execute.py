@@ -122,7 +122,6 @@ class Worker:
         from kolm.progress import listening
         from kolm.teacher import only_keys
 
-        outcome: dict = {}
         try:
             with only_keys({job.teacher_provider: key} if key else {}), listening(events.progress):
                 result = self._compile(job, paths, events)
@@ -140,13 +139,9 @@ class Worker:
                 "exit_code": 1,
                 "error": events._clean(f"internal error: {type(e).__name__}: {e}"),
             }
-        self.jobs.advance(
-            job.id,
-            outcome.pop("state") if outcome else "failed",
-            usd=round(job.usd + events.spent, 6),
-            **outcome,
-        )
-        events.write("state", state=self.jobs.get(job.id).state, exit_code=outcome["exit_code"])
+        state = outcome.pop("state")
+        self.jobs.advance(job.id, state, usd=round(job.usd + events.spent, 6), **outcome)
+        events.write("state", state=state, exit_code=outcome["exit_code"])
 
     def _compile(self, job: Job, paths: JobPaths, events: EventLog) -> dict:
         from kolm.compiler import compile_task

@@ -58,7 +58,9 @@ def run_server(
         flush=True,
     )
     try:
-        uvicorn.run(create_app(data, queue, secret, limits), host=host, port=port, log_level="warning")
+        uvicorn.run(
+            create_app(data, queue, secret, limits), host=host, port=port, log_level="warning"
+        )
     finally:
         sys.stderr.flush()
         os._exit(0)  # worker threads may be mid-compile: they resume at the next start
