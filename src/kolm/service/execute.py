@@ -102,14 +102,15 @@ class Worker:
         job = self.jobs.get(job_id)
         if job is None or job.state != "queued":
             return  # cancelled while queued, or already taken
+        paths = job_paths(self.data, job.tenant, job_id)
         key = None
         if job.has_key:
             key = unseal(self.jobs.sealed_key(job_id) or b"", self.secret, job_id)
             if key is None:
                 self.jobs.advance(job_id, "needs_key", error=NEEDS_KEY)
+                EventLog(paths, self.jobs, job_id, None).write("state", state="needs_key")
                 return
         self.jobs.advance(job_id, "running", attempts=job.attempts + 1, error=None)
-        paths = job_paths(self.data, job.tenant, job_id)
         events = EventLog(paths, self.jobs, job_id, key)
         events.write("state", state="running", attempt=job.attempts + 1)
         try:
