@@ -1,13 +1,12 @@
 """The `kolm` command line. Commands parse, call the library, print.
 
-One module per command group (compile, run, receipts, trust, recall), each attaching its
+One module per command group (compile, run, receipts, trust, recall, server), each attaching its
 commands to the root group in `app`. Heavy modules (torch, transformers,
 llama.cpp) are imported inside the commands that need them, so `kolm verify` and
 `kolm inspect` start fast.
 """
 
-from kolm.cli import compile, recall, receipts, run, trust  # noqa: F401  (they register commands)
-from kolm.cli import server  # noqa: F401  (compile as a service)
+from kolm.cli import compile, recall, receipts, run, server, trust  # noqa: F401  (they register commands)
 from kolm.cli.app import cli, main
 
 __all__ = ["cli", "main"]
