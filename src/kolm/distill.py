@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from kolm.cache import Cached, TeacherCache, cache_key
 from kolm.data import Example
+from kolm.progress import emit
 from kolm.prompt import user_turn
 from kolm.spec import TeacherConfig
 from kolm.teacher import (
@@ -260,6 +261,9 @@ async def distill(
             report.cache_hits += 1
             _account(hit.prompt_tokens, hit.completion_tokens, hit.latency_ms)
             bar.update(1)
+            emit(
+                "label", done=seen_tokens[2], samples=len(inputs) * cfg.k, usd=round(report.usd, 6)
+            )
             return hit.text
         async with sem:
             if not budget.reserve():
@@ -284,6 +288,7 @@ async def distill(
         report.usd += cost
         budget.usd += cost
         bar.update(1)
+        emit("label", done=seen_tokens[2], samples=len(inputs) * cfg.k, usd=round(report.usd, 6))
         return c.text
 
     try:

@@ -100,3 +100,11 @@ class RegistryError(KolmError):
     """An OCI registry cannot be reached, refuses a request, or answers something malformed."""
 
     exit_code = 13
+
+
+class ServiceError(KolmError):
+    """`kolm server` or its client refused or failed a request (key, quota, upload, server down).
+
+    A remote compile that ran and failed exits with the job's own code instead."""
+
+    exit_code = 14

@@ -20,6 +20,7 @@ import os
 import random
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -152,8 +153,31 @@ _KEY_ENV = {
 }
 
 
+_ONLY_KEYS: ContextVar[dict[str, str] | None] = ContextVar("kolm_teacher_keys", default=None)
+
+
+@contextlib.contextmanager
+def only_keys(keys: dict[str, str]):
+    """In this context, teacher keys come from `keys` alone (not the environment or the
+    credentials file): `kolm server` runs a tenant's job with the key sent with it."""
+    token = _ONLY_KEYS.set(dict(keys))
+    try:
+        yield
+    finally:
+        _ONLY_KEYS.reset(token)
+
+
 def api_key(provider: str, required: bool) -> str | None:
-    """The key for `provider` from the environment or `$KOLM_HOME/credentials.json`."""
+    """The key for `provider` from the environment or `$KOLM_HOME/credentials.json`
+    (or, inside `only_keys`, from those keys alone)."""
+    only = _ONLY_KEYS.get()
+    if only is not None:
+        if only.get(provider) or not required:
+            return only.get(provider)
+        raise TeacherError(
+            f"no API key for teacher provider {provider!r} was sent with this job",
+            hint="set the provider's key variable where you run `kolm compile --remote`",
+        )
     for var in _KEY_ENV.get(provider, ()):
         if os.environ.get(var):
             return os.environ[var]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from kolm.data import Example
 from kolm.errors import TrainingError
+from kolm.progress import emit
 from kolm.prompt import PromptFormat, Tokenize, token_ids
 from kolm.spec import TrainConfig
 
@@ -191,6 +192,7 @@ def train_lora(
         n_tokens += int(mask.sum())
         bar.update(1)
         bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
+        emit("train", step=step + 1, steps=steps, loss=round(losses[-1], 4))
         if checkpoint_dir and (step + 1) % CHECKPOINT_EVERY == 0 and step + 1 < steps:
             _save_checkpoint(checkpoint_dir, model, opt, sched, step + 1)
     bar.close()

@@ -47,6 +47,11 @@ from kolm.cli.common import (
     type=click.Path(exists=True, path_type=Path),
     help="A drift file whose inputs the teacher labels too.",
 )
+@click.option(
+    "--remote",
+    metavar="URL",
+    help="Compile on a `kolm server` (key: $KOLM_API_KEY or `kolm login URL`).",
+)
 @quiet_option
 def compile_cmd(
     spec: Path,
@@ -58,16 +63,33 @@ def compile_cmd(
     cache_path: Path | None,
     force: bool,
     drift_path: Path | None,
+    remote: str | None,
     quiet: bool,
 ) -> None:
     """Compile the task in SPEC (a kolm.yaml) into a signed .kolm file.
 
     Below the ship gate (K-score, see docs/k-score.md) it writes only the report
     and exits 8, unless --force."""
-    from kolm.compiler import compile_task
+    from kolm.compiler import _stderr, compile_task
 
     task = _load_task(spec, steps=steps, teacher=teacher)
     out = out or Path(f"{task.name}.kolm")
+    if remote:
+        from kolm.service.client import compile_remote
+
+        local_only = {
+            "--work-dir": work_dir,
+            "--cache": cache_path,
+            "--drift": drift_path,
+            "--teacher": teacher,
+            "--no-embed-base": no_embed_base,
+        }
+        if any(local_only.values()):
+            used = ", ".join(k for k, v in local_only.items() if v)
+            raise click.UsageError(f"{used}: not with --remote (edit the spec instead)")
+        options = {"force": force, "steps": steps}
+        _print_compile_summary(compile_remote(remote, task, out, options, _stderr, not quiet))
+        return
     result = compile_task(
         task,
         out,
