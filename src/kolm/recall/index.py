@@ -281,10 +281,13 @@ def _prepare(conn, info: EmbedderInfo, cfg: ChunkConfig) -> None:
 
 
 _OUTSIDE = "a link to a file outside the corpus folder; copy the file into the folder to index it"
-_TOO_LARGE = (
-    f"larger than {MAX_FILE_BYTES:,} bytes; split it into smaller files, "
-    "or leave it out of the corpus"
-)
+
+
+def _too_large() -> str:
+    return (
+        f"larger than {MAX_FILE_BYTES:,} bytes; split it into smaller files, "
+        "or leave it out of the corpus"
+    )
 
 
 def _read_bounded(path: Path) -> bytes | None:
@@ -327,7 +330,7 @@ class _Builder:
             return self._record(name, "", 0, "", "", "failed", f"cannot read: {e.strerror or e}")
         if data is None:
             self._delete_chunks(name)
-            return self._record(name, "", path.stat().st_size, "", "", "refused", _TOO_LARGE)
+            return self._record(name, "", path.stat().st_size, "", "", "refused", _too_large())
         sha = hashlib.sha256(data).hexdigest()
         if sha == old_sha:
             n = self.conn.execute("SELECT chunks FROM files WHERE path = ?", (name,)).fetchone()[0]
