@@ -103,6 +103,8 @@ class Student:
         self._llm = _load(base, adapter, self.decoding)
         self.pack = pack if self.decoding.flash_attn else None
         """The recipe pack in use (None: plain decoding)."""
+        if self.pack is not None:
+            self.pack.check_vocab(self._llm.n_vocab())  # an unknown id aborts llama.cpp
         self._stop_ids = _end_of_turn_ids(self._llm)
         self._pieces = None
         self._constraint = None

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from kolm.cli.app import cli
-from kolm.cli.common import _table
+from kolm.cli.common import _table, insecure_option
 
 DEFAULT_DATA = Path("kolm-server-data")
 data_option = click.option(
@@ -23,6 +23,21 @@ queue_option = click.option(
     help="Job queue: sqlite:// in the data folder (default) or redis://HOST:PORT/DB "
     "to share it with `kolm worker` processes.",
 )
+
+publish_option = click.option(
+    "--publish",
+    metavar="REGISTRY/PREFIX",
+    help="Also push every finished artifact (with its eval referrer) to "
+    "REGISTRY/PREFIX/TENANT/TASK:JOB-ID; a failed push fails the job.",
+)
+
+
+def _publisher(prefix: str | None, insecure: bool):
+    if not prefix:
+        return None
+    from kolm.service.publish import RegistryPublisher
+
+    return RegistryPublisher(prefix, insecure)
 
 
 @cli.group("server", invoke_without_command=True)
@@ -40,6 +55,8 @@ queue_option = click.option(
 @click.option(
     "--max-upload-mb", type=float, default=500.0, show_default=True, help="Largest job upload."
 )
+@publish_option
+@insecure_option
 @click.pass_context
 def server_group(
     ctx: click.Context,
@@ -49,6 +66,8 @@ def server_group(
     queue_url: str | None,
     workers: int,
     max_upload_mb: float,
+    publish: str | None,
+    insecure: bool,
 ) -> None:
     """Compile as a service: an HTTP API that queues, runs and serves compile jobs.
 
@@ -59,7 +78,7 @@ def server_group(
     from kolm.service.host import run_server
 
     size = int(max_upload_mb * 1e6)
-    run_server(data, host, port, queue_url, workers, Limits(size, size))
+    run_server(data, host, port, queue_url, workers, Limits(size, size), _publisher(publish, insecure))
 
 
 @server_group.group("tenants")
@@ -104,13 +123,17 @@ def tenants_list(data: Path) -> None:
 @queue_option
 @data_option
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
-def worker_cmd(queue_url: str | None, data: Path, workers: int) -> None:
+@publish_option
+@insecure_option
+def worker_cmd(
+    queue_url: str | None, data: Path, workers: int, publish: str | None, insecure: bool
+) -> None:
     """Run compile jobs from a shared queue (the server's --queue and --data)."""
     from kolm.service.host import run_worker
 
     if not queue_url:
         raise click.UsageError("--queue is required (the URL the server was started with)")
-    run_worker(data, queue_url, workers)
+    run_worker(data, queue_url, workers, _publisher(publish, insecure))
 
 
 @cli.command("login")

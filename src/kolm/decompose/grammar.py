@@ -9,14 +9,28 @@ nearly always allowed, before masking the whole vocabulary).
 It knows GBNF and llama.cpp's grammar sampler; it does not know which outputs
 are right, only which the verifier could accept (its regex, length and Python
 checks are not expressed in the grammar).
+
+Labels, keys and enum values are written as GBNF literals by one escaper
+(backslash, quote, control characters and lone surrogates escaped; the
+converter's own left backslashes and form feeds unescaped, and llama.cpp
+refused the grammar). A schema the converter cannot express, or one asking for
+more than `MAX_REPEAT` repetitions (the converter spells every one out: a
+`minLength` of 10^9 never finished), is a `SpecError`.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 
-from kolm.errors import RuntimeFailure
+from kolm.errors import RuntimeFailure, SpecError
+
+MAX_REPEAT = 4096
+"""Largest length or item count a schema may ask the grammar for (minLength, maxItems,
+a pattern's {n,m}); the converter writes each repetition out."""
+_COUNTS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties")
+_QUANTIFIER = re.compile(r"\{\s*(\d+)\s*(?:,\s*(\d*)\s*)?\}")
 
 
 def grammar_for(verifier, outputs: Sequence[str] = ()) -> str | None:
@@ -25,14 +39,69 @@ def grammar_for(verifier, outputs: Sequence[str] = ()) -> str | None:
         alts = " | ".join(_literal(label) for label in verifier.labels)
         return f"root ::= {alts}\n"
     if verifier.kind == "json" and verifier.schema is not None:
-        from llama_cpp.llama_grammar import json_schema_to_gbnf
-
-        return json_schema_to_gbnf(json.dumps(verifier.schema), _key_order(outputs))
+        return _schema_gbnf(verifier.schema, _key_order(outputs))
     return None
 
 
+def _schema_gbnf(schema, order: list[str]) -> str:
+    from llama_cpp.llama_grammar import SchemaConverter
+
+    class _Converter(SchemaConverter):
+        def _format_literal(self, literal):  # the converter's leaves `\` unescaped
+            return _literal(literal)
+
+    conv = _Converter(
+        prop_order={name: i for i, name in enumerate(order)},
+        allow_fetch=False,
+        dotall=False,
+        raw_pattern=False,
+    )
+    try:
+        _check_repeats(schema)
+        conv.visit(conv.resolve_refs(schema, "stdin"), "")
+        return conv.format_grammar()
+    except Exception as e:  # the converter asserts and raises ValueError/KeyError on schemas
+        raise SpecError(
+            [
+                f"the verifier's JSON Schema cannot be written as an output grammar "
+                f"({type(e).__name__}: {e}); simplify the schema, or set run.constrain: false"
+            ],
+            source="verifier",
+        ) from None
+
+
+def _check_repeats(node) -> None:
+    """Refuse a repetition count over MAX_REPEAT anywhere in the schema."""
+    if isinstance(node, list):
+        for x in node:
+            _check_repeats(x)
+    if not isinstance(node, dict):
+        return
+    for key, value in node.items():
+        if key in _COUNTS and isinstance(value, int) and value > MAX_REPEAT:
+            raise ValueError(f"{key} {value} is over {MAX_REPEAT}")
+        if key == "pattern" and isinstance(value, str):
+            for m in _QUANTIFIER.finditer(value):
+                if max(int(g) for g in m.groups() if g) > MAX_REPEAT:
+                    raise ValueError(f"pattern repetition {m.group(0)} is over {MAX_REPEAT}")
+        _check_repeats(value)
+
+
+_PLAIN = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
 def _literal(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)
+    """`text` as a GBNF string literal that matches exactly its UTF-8 bytes."""
+    return '"' + "".join(_char(c) for c in text) + '"'
+
+
+def _char(c: str) -> str:
+    if c in _PLAIN:
+        return _PLAIN[c]
+    n = ord(c)
+    if n < 0x20 or n == 0x7F or 0xD800 <= n <= 0xDFFF:
+        return f"\\x{n:02X}" if n < 0x100 else f"\\u{n:04X}"
+    return c
 
 
 def _key_order(outputs: Sequence[str]) -> list[str]:

@@ -9,6 +9,9 @@ string: the same tables always give the same bytes.
 
 It knows token ids and bytes; it does not know the tokenizer, the model or how
 the tables were mined (that is `mine`), nor how drafts are verified (`draft`).
+Reading is bounded: the tables inflate to at most `MAX_BODY_BYTES`, the header
+must have its fields with their types, and `check_vocab` refuses a pack naming
+a token the model does not have (llama.cpp aborts the process on one).
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ from kolm.errors import ArtifactError
 MAGIC = b"KOLMRCP\x00"
 VERSION = 1
 PART = "recipes.pack"
+MAX_BODY_BYTES = 64 * 1024 * 1024
+"""Most bytes the tables may inflate to (a real pack's are a few MB at most)."""
+_HEADER = {"eos": int, "order": int, "max_prefix": int, "json_keys": bool, "stats": dict}
+_REBUILD = "rebuild the artifact with `kolm compile`, or run with --no-recipes"
 _KEY = re.compile(rb'"((?:[^"\\]|\\.){1,64})"\s*:')
 
 
@@ -90,6 +97,24 @@ class Pack:
     stats: dict = field(default_factory=dict)
     """What mining saw and measured (sequences, tokens, expected hit rate, ...)."""
 
+    def max_token(self) -> int:
+        """The largest token id the pack can propose (its end-of-answer token included)."""
+        tables = (self.prefix, self.ngrams)
+        ids = [self.eos, *(t for tab in tables for t in tab.values()), *self.keyed.values()]
+        ids += [t for tab in tables for ctx in tab for t in ctx]
+        ids += [t for _, ctx in self.keyed for t in ctx]
+        return max(ids)
+
+    def check_vocab(self, n_vocab: int) -> None:
+        """Refuse a pack that names a token id the model does not have."""
+        top = self.max_token()
+        if top >= n_vocab:
+            raise ArtifactError(
+                f"{PART} names token {top}, but the model has only {n_vocab} tokens: "
+                "the pack was mined for another tokenizer, or is hostile",
+                hint=_REBUILD,
+            )
+
     @property
     def entries(self) -> int:
         return len(self.prefix) + len(self.ngrams) + len(self.keyed)
@@ -142,8 +167,7 @@ class Pack:
             raise
         except Exception as e:  # truncated or damaged bytes raise many types
             raise ArtifactError(
-                f"{PART} is damaged ({type(e).__name__}: {e})",
-                hint="rebuild the artifact with `kolm compile`, or run with --no-recipes",
+                f"{PART} is damaged ({type(e).__name__}: {e})", hint=_REBUILD
             ) from None
 
 
@@ -186,9 +210,13 @@ def _parse(data: bytes) -> Pack:
             hint="upgrade kolm, or run with --no-recipes",
         )
     start = len(MAGIC) + 6
-    header = json.loads(data[start : start + head_len])
+    header = _header(data[start : start + head_len])
     z = zlib.decompressobj()
-    buf = memoryview(z.decompress(data[start + head_len :]))
+    buf = memoryview(z.decompress(data[start + head_len :], MAX_BODY_BYTES))
+    if z.unconsumed_tail:
+        raise ArtifactError(
+            f"{PART} inflates past {MAX_BODY_BYTES:,} bytes (a compression bomb)", hint=_REBUILD
+        )
     if z.unused_data or not z.eof:
         raise ArtifactError(f"{PART} is truncated or has trailing bytes")
     prefix, pos = _get_table(buf, 0, False)
@@ -197,14 +225,39 @@ def _parse(data: bytes) -> Pack:
     if pos != len(buf):
         raise ArtifactError(f"{PART} has {len(buf) - pos} trailing bytes")
     keys = header["keys"]
+    if any(kid >= len(keys) for kid, _, _ in keyed):
+        raise ArtifactError(f"{PART} names a JSON key it does not list", hint=_REBUILD)
     return Pack(
         eos=header["eos"],
         order=header["order"],
         max_prefix=header["max_prefix"],
         json_keys=header["json_keys"],
-        copy_input=header.get("copy_input", False),
+        copy_input=header["copy_input"],
         prefix={ctx: t for _, ctx, t in prefix},
         ngrams={ctx: t for _, ctx, t in ngrams},
         keyed={(keys[kid], ctx): t for kid, ctx, t in keyed},
         stats=header["stats"],
     )
+
+
+def _header(raw: bytes) -> dict:
+    """The JSON header, with every field the reader uses present and of its type."""
+    header = json.loads(raw)
+    if not isinstance(header, dict):
+        raise ArtifactError(f"{PART} header is not a JSON object", hint=_REBUILD)
+    header.setdefault("copy_input", False)
+    want = {**_HEADER, "copy_input": bool, "keys": list}
+    bad = [k for k, t in want.items() if type(header.get(k)) is not t]
+    keys = header.get("keys")
+    if isinstance(keys, list) and (
+        not all(isinstance(k, str) for k in keys) or len(set(keys)) != len(keys)
+    ):
+        bad.append("keys")
+    ints = ("eos", "order", "max_prefix")
+    bad += [k for k in ints if k not in bad and not 0 <= header[k] < 2**31]
+    if bad:
+        raise ArtifactError(
+            f"{PART} header has missing or invalid fields: {', '.join(sorted(set(bad)))}",
+            hint=_REBUILD,
+        )
+    return header

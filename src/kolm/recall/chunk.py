@@ -196,6 +196,10 @@ def _overlap(acc: _Acc, overlap: int) -> list[_Block]:
     return [_Block(last.kind, "…" + tail, last.last, last.last, last.page)]
 
 
+def _span(block: _Block) -> tuple[int, int, int | None]:
+    return block.first, block.last, block.page
+
+
 def _split_long(block: _Block, max_chars: int) -> list[_Block]:
     """A block longer than max_chars, cut at sentence ends (prose) or line ends (code)."""
     if len(block.text) <= max_chars:
@@ -204,9 +208,11 @@ def _split_long(block: _Block, max_chars: int) -> list[_Block]:
     out: list[_Block] = []
     buf = ""
     for part in parts:
-        while len(part) > max_chars:  # a single sentence or line longer than a chunk
-            out.append(_Block(block.kind, part[:max_chars], block.first, block.last, block.page))
-            part = part[max_chars:]
+        if len(part) > max_chars:  # a single sentence or line longer than a chunk
+            cut = len(part) - (len(part) % max_chars or max_chars)
+            for i in range(0, cut, max_chars):  # by index: re-slicing the rest is quadratic
+                out.append(_Block(block.kind, part[i : i + max_chars], *_span(block)))
+            part = part[cut:]
         if buf and len(buf) + len(part) + 1 > max_chars:
             out.append(_Block(block.kind, buf, block.first, block.last, block.page))
             buf = ""

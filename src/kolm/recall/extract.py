@@ -10,6 +10,12 @@ Audio and video are recognised and refused as "not supported yet".
 Knows file formats; knows nothing about chunk sizes, embeddings or indexes.
 A file that cannot be read raises `Skipped` with a status and a reason, which
 the indexer records instead of stopping.
+
+Corpus files are untrusted, so every extractor is bounded: a DOCX whose parts
+inflate past `MAX_UNZIPPED_BYTES`, a PDF with more than `MAX_PDF_PAGES` pages,
+and any file whose text passes `MAX_TEXT_CHARS` are refused (status `refused`)
+rather than read to the end; input nested too deeply for the parsers is
+reported as such.
 """
 
 from __future__ import annotations
@@ -24,6 +30,14 @@ from pathlib import Path
 
 from kolm.errors import RecallError
 
+MAX_TEXT_CHARS = 16_000_000
+"""Most text one file may yield (about 27,000 chunks); more is refused, not cut."""
+MAX_PDF_PAGES = 5_000
+"""Most pages read from one PDF."""
+MAX_UNZIPPED_BYTES = 128 * 1024 * 1024
+"""Most bytes a DOCX's zip parts may declare, summed (a zip bomb declares far more)."""
+_SPLIT_HINT = "split it into smaller files, or leave it out of the corpus"
+
 
 class Skipped(RecallError):
     """A file was not indexed; `status` says why in one word."""
@@ -31,7 +45,7 @@ class Skipped(RecallError):
     def __init__(self, status: str, reason: str):
         super().__init__(reason)
         self.status = status
-        """`unsupported`, `failed` or `empty`."""
+        """`unsupported`, `failed`, `empty` or `refused` (over a limit, or outside the corpus)."""
 
 
 @dataclass(frozen=True)
@@ -62,11 +76,22 @@ def extract(path: Path, kind: str) -> Extracted:
         out = fn(Path(path))
     except Skipped:
         raise
+    except RecursionError:
+        raise Skipped("failed", f"this {kind} file is nested too deeply to read") from None
     except Exception as e:  # every library raises its own types on damaged input
         raise Skipped("failed", f"{kind} extraction failed: {type(e).__name__}: {e}") from None
     if not any(p.text.strip() for p in out.pages):
         raise Skipped("empty", f"no text found in this {kind} file")
+    _check_text_size(sum(len(p.text) for p in out.pages), kind)
     return out
+
+
+def _check_text_size(chars: int, kind: str) -> None:
+    if chars > MAX_TEXT_CHARS:
+        raise Skipped(
+            "refused",
+            f"this {kind} file yields over {MAX_TEXT_CHARS:,} characters of text; {_SPLIT_HINT}",
+        )
 
 
 def _unsupported_reason(kind: str) -> str:
@@ -99,7 +124,16 @@ def _pdf(path: Path) -> Extracted:
     reader = PdfReader(str(path))
     if reader.is_encrypted and not reader.decrypt(""):
         raise Skipped("failed", "the PDF is encrypted with a password")
-    pages = [Page(p.extract_text() or "", i + 1) for i, p in enumerate(reader.pages)]
+    n = len(reader.pages)
+    if n > MAX_PDF_PAGES:
+        raise Skipped(
+            "refused", f"the PDF has {n:,} pages (limit {MAX_PDF_PAGES:,}); {_SPLIT_HINT}"
+        )
+    pages, chars = [], 0
+    for i, page in enumerate(reader.pages):
+        pages.append(Page(page.extract_text() or "", i + 1))
+        chars += len(pages[-1].text)
+        _check_text_size(chars, "pdf")
     return Extracted(pages, "prose")
 
 
@@ -107,6 +141,7 @@ def _docx(path: Path) -> Extracted:
     import docx
     from docx.table import Table
 
+    _check_unzipped(path)
     lines: list[str] = []
     for block in docx.Document(str(path)).iter_inner_content():
         if isinstance(block, Table):
@@ -114,6 +149,21 @@ def _docx(path: Path) -> Extracted:
         else:
             lines.append(_docx_paragraph(block))
     return Extracted([Page("\n".join(lines))], "prose")
+
+
+def _check_unzipped(path: Path) -> None:
+    """Refuse a zip whose parts declare more than MAX_UNZIPPED_BYTES (zipfile never
+    inflates a member past its declared size, so the declared sizes bound the reads)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        total = sum(i.file_size for i in z.infolist())
+    if total > MAX_UNZIPPED_BYTES:
+        raise Skipped(
+            "refused",
+            f"the DOCX inflates to {total:,} bytes (limit {MAX_UNZIPPED_BYTES:,}): "
+            f"a zip bomb or an oversized document; {_SPLIT_HINT}",
+        )
 
 
 def _docx_paragraph(p) -> str:

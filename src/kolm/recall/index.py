@@ -11,6 +11,14 @@ one transaction, so an interrupted build leaves a consistent index.
 Knows SQLite, sqlite-vec and FTS5; uses `detect`, `extract`, `chunk` and
 `embed`, and knows nothing about prompts, artifacts or models that answer.
 This Python's `sqlite3` cannot load extensions, so `pysqlite3` is used.
+
+Both sides are untrusted. A corpus file over `MAX_FILE_BYTES`, or a link from
+a corpus folder to a file outside it, is refused with its reason; a file name
+that is not UTF-8 is stored with its odd bytes escaped. An index opened for
+search must have kolm's tables as plain tables (a view or a trigger in a
+crafted file runs nothing: `trusted_schema` is off), a damaged one raises
+`RecallError`, and a keyword query uses at most `MAX_QUERY_TERMS` distinct
+words, each quoted, so no query text is FTS5 syntax.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 from kolm.errors import RecallError
 from kolm.recall.chunk import ChunkConfig, chunk
@@ -35,6 +44,12 @@ MODES = ("hybrid", "vector", "keyword")
 RRF_K = 60
 """Reciprocal-rank fusion constant: score = sum over lists of 1 / (RRF_K + rank)."""
 _EMBED_BATCH = 256
+MAX_FILE_BYTES = 128 * 1024 * 1024
+"""Largest corpus file read; a bigger one is refused before a byte is read."""
+MAX_QUERY_TERMS = 256
+"""Distinct words a keyword query uses (FTS5 time grows with the square of the count)."""
+SKIPPED = ("unsupported", "failed", "empty", "refused")
+"""Statuses of files that were not indexed, for a reason the user should see."""
 Log = Callable[[str], None]
 
 
@@ -44,7 +59,7 @@ class FileReport:
 
     path: str
     status: str
-    """`indexed`, `unchanged`, `removed`, `unsupported`, `failed` or `empty`."""
+    """`indexed`, `unchanged`, `removed`, or one of SKIPPED."""
     kind: str = ""
     reason: str = ""
     chunks: int = 0
@@ -63,7 +78,7 @@ class IndexReport:
 
     def skipped(self) -> list[FileReport]:
         """Files not indexed for a reason the user should see."""
-        return [f for f in self.files if f.status in ("unsupported", "failed", "empty")]
+        return [f for f in self.files if f.status in SKIPPED]
 
     def count(self, status: str) -> int:
         return sum(f.status == status for f in self.files)
@@ -116,9 +131,11 @@ def connect(path: Path, readonly: bool = False):
             "the index needs the `sqlite-vec` package", hint="pip install sqlite-vec"
         ) from None
     if readonly:
-        conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro&immutable=1", uri=True)
+        uri = f"file:{quote(str(Path(path).resolve()))}?mode=ro&immutable=1"
+        conn = sqlite3.connect(uri, uri=True)
     else:
         conn = sqlite3.connect(str(path))
+    conn.execute("PRAGMA trusted_schema = OFF")
     conn.enable_load_extension(True)
     sqlite_vec.load(conn)
     conn.enable_load_extension(False)
@@ -146,7 +163,9 @@ def collect(sources: Sequence[str | Path], base_dir: Path) -> list[tuple[Path, s
     """(file, name) for every file in the sources: folders (recursive), globs or files.
 
     Names are relative to `base_dir` when under it. Hidden files and folders are left out.
-    Raises RecallError listing every source that matched nothing."""
+    A link in a folder (or glob) to a file outside that folder (or `base_dir`) is
+    returned unresolved, and the builder refuses it. Raises RecallError listing
+    every source that matched nothing."""
     found: dict[Path, str] = {}
     missing = []
     for src in sources:
@@ -167,13 +186,19 @@ def _expand(src: str, base_dir: Path) -> list[Path]:
     p = (base_dir / src).expanduser()
     if p.is_dir():
         files = [f for f in p.rglob("*") if f.is_file()]
-        return [f.resolve() for f in files if not _hidden(f.relative_to(p))]
+        return [_inside(f, p.resolve()) for f in files if not _hidden(f.relative_to(p))]
     if p.is_file():
         return [p.resolve()]
     if globlib.has_magic(src):
         files = [Path(f) for f in globlib.glob(str(base_dir / src), recursive=True)]
-        return [f.resolve() for f in files if f.is_file() and not _hidden(f)]
+        return [_inside(f, base_dir.resolve()) for f in files if f.is_file() and not _hidden(f)]
     return []
+
+
+def _inside(f: Path, root: Path) -> Path:
+    """The file's real path when it lies under `root`; else the link itself, unresolved."""
+    real = f.resolve()
+    return real if real.is_relative_to(root) else f.parent.resolve() / f.name
 
 
 def _hidden(rel: Path) -> bool:
@@ -182,9 +207,11 @@ def _hidden(rel: Path) -> bool:
 
 def _name(p: Path, base_dir: Path) -> str:
     try:
-        return p.relative_to(base_dir.resolve()).as_posix()
+        name = p.relative_to(base_dir.resolve()).as_posix()
     except ValueError:
-        return p.as_posix()
+        name = p.as_posix()
+    # a name that is not UTF-8 (surrogate escapes) cannot be stored in SQLite as it is
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def build_index(
@@ -253,6 +280,25 @@ def _prepare(conn, info: EmbedderInfo, cfg: ChunkConfig) -> None:
     conn.commit()
 
 
+_OUTSIDE = "a link to a file outside the corpus folder; copy the file into the folder to index it"
+
+
+def _too_large() -> str:
+    return (
+        f"larger than {MAX_FILE_BYTES:,} bytes; split it into smaller files, "
+        "or leave it out of the corpus"
+    )
+
+
+def _read_bounded(path: Path) -> bytes | None:
+    """The file's bytes, or None when it holds more than MAX_FILE_BYTES (read stops there)."""
+    if path.stat().st_size > MAX_FILE_BYTES:
+        return None
+    with open(path, "rb") as f:  # bounded again: the file may grow after the stat
+        data = f.read(MAX_FILE_BYTES + 1)
+    return None if len(data) > MAX_FILE_BYTES else data
+
+
 class _Builder:
     """One build pass: files are added to a transaction that commits with their vectors."""
 
@@ -274,10 +320,17 @@ class _Builder:
         return self.report
 
     def _file(self, path: Path, name: str, old_sha: str | None) -> FileReport:
+        if path.is_symlink():
+            self._delete_chunks(name)
+            return self._record(name, "", 0, "", "", "refused", _OUTSIDE)
         try:
-            data = path.read_bytes()
+            data = _read_bounded(path)
         except OSError as e:
+            self._delete_chunks(name)
             return self._record(name, "", 0, "", "", "failed", f"cannot read: {e.strerror or e}")
+        if data is None:
+            self._delete_chunks(name)
+            return self._record(name, "", path.stat().st_size, "", "", "refused", _too_large())
         sha = hashlib.sha256(data).hexdigest()
         if sha == old_sha:
             n = self.conn.execute("SELECT chunks FROM files WHERE path = ?", (name,)).fetchone()[0]
@@ -355,16 +408,19 @@ class Index:
             raise RecallError(f"no such index: {self.path}", hint="build one with `kolm index`")
         try:
             self.conn = connect(self.path, readonly=True)
+            _check_schema(self.conn, self.path)
             meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
             self.info = EmbedderInfo.from_dict(json.loads(meta["embedder"]))
+            self.chunking = json.loads(meta.get("chunking", "{}"))
         except RecallError:
             raise
         except Exception as e:  # not SQLite, or not one of ours
             raise RecallError(
-                f"{self.path} is not a kolm index ({type(e).__name__}: {e})"
+                f"{self.path} is not a kolm index ({type(e).__name__}: {e})",
+                hint="build one with `kolm index`, or give the index.sqlite from an artifact",
             ) from None
-        self.chunking = json.loads(meta.get("chunking", "{}"))
         self._embedder = embedder
+        self._sql_error = _sqlite_module().Error
 
     @property
     def embedder(self) -> Embedder:
@@ -372,8 +428,20 @@ class Index:
             self._embedder = embedder_for(self.info)
         return self._embedder
 
+    def _damaged(self, e: Exception) -> RecallError:
+        return RecallError(
+            f"{self.path} is damaged ({type(e).__name__}: {e})",
+            hint="rebuild it with `kolm index`, or take it again from its artifact",
+        )
+
     def search(self, query: str, k: int = 5, mode: str = "hybrid") -> list[Hit]:
         """The top-k chunks for `query`, best first (ties broken by insertion order)."""
+        try:
+            return self._search(query, k, mode)
+        except self._sql_error as e:  # SQLite reports damage only when a query reaches it
+            raise self._damaged(e) from None
+
+    def _search(self, query: str, k: int, mode: str) -> list[Hit]:
         if mode not in MODES:
             raise RecallError(f"unknown retrieval mode {mode!r}; use one of {', '.join(MODES)}")
         if k < 1 or not query.strip():
@@ -397,7 +465,7 @@ class Index:
         return sorted(rows, key=lambda r: (r[1], r[0]))
 
     def _keyword(self, query: str, n: int) -> list[tuple[int, float]]:
-        words = sorted(set(re.findall(r"\w+", query.lower())))
+        words = sorted(list(dict.fromkeys(re.findall(r"\w+", query.lower())))[:MAX_QUERY_TERMS])
         if not words:
             return []
         match = " OR ".join(f'"{w}"' for w in words)
@@ -411,9 +479,12 @@ class Index:
     def _hits(self, scored: list[tuple[int, float]]) -> list[Hit]:
         out = []
         for rowid, score in scored:
-            cid, path, ref, text = self.conn.execute(
-                "SELECT id, path, ref, text FROM chunks WHERE rowid = ?", (rowid,)
+            row = self.conn.execute(
+                _CHUNK_COLUMNS + "FROM chunks WHERE rowid = ?", (rowid,)
             ).fetchone()
+            if row is None:
+                raise self._damaged(LookupError(f"search found chunk row {rowid}, which is gone"))
+            cid, path, ref, text = row
             out.append(Hit(cid, path, ref, text, round(float(score), 6)))
         return out
 
@@ -421,9 +492,12 @@ class Index:
         """Chunks by id, in the order given (replay uses the ids a receipt recorded)."""
         out = []
         for cid in ids:
-            row = self.conn.execute(
-                "SELECT id, path, ref, text FROM chunks WHERE id = ?", (cid,)
-            ).fetchone()
+            try:
+                row = self.conn.execute(
+                    _CHUNK_COLUMNS + "FROM chunks WHERE id = ?", (cid,)
+                ).fetchone()
+            except self._sql_error as e:
+                raise self._damaged(e) from None
             if row is None:
                 raise RecallError(f"chunk {cid} is not in {self.path}")
             out.append(Hit(*row, 0.0))
@@ -431,6 +505,12 @@ class Index:
 
     def stats(self) -> dict:
         """Size, chunk count, embedder and sources (with every skipped file and its reason)."""
+        try:
+            return self._stats()
+        except self._sql_error as e:
+            raise self._damaged(e) from None
+
+    def _stats(self) -> dict:
         files = [
             {"path": p, "kind": k, "status": s, "reason": r, "chunks": n}
             for p, k, s, r, n in self.conn.execute(
@@ -447,6 +527,26 @@ class Index:
 
     def close(self) -> None:
         self.conn.close()
+
+
+_CHUNK_COLUMNS = (
+    "SELECT CAST(id AS TEXT), CAST(path AS TEXT), CAST(ref AS TEXT), CAST(text AS TEXT) "
+)
+_TABLES = {"meta": "table", "files": "table", "chunks": "table"}
+_VIRTUAL = {"chunk_text": "using fts5", "chunk_vectors": "using vec0"}
+
+
+def _check_schema(conn, path: Path) -> None:
+    """kolm's tables are plain tables and its virtual tables the right modules; no views."""
+    rows = conn.execute("SELECT name, type, lower(sql) FROM sqlite_master").fetchall()
+    found = {name: (kind, sql or "") for name, kind, sql in rows}
+    bad = [n for n, kind in _TABLES.items() if found.get(n, ("",))[0] != kind]
+    bad += [n for n, using in _VIRTUAL.items() if using not in found.get(n, ("", ""))[1]]
+    if bad:
+        raise RecallError(
+            f"{path} is not a kolm index: {', '.join(bad)} missing or not what kolm writes",
+            hint="build one with `kolm index`, or give the index.sqlite from an artifact",
+        )
 
 
 def fuse(rankings: Sequence[Sequence[int]], k: int = RRF_K) -> list[tuple[int, float]]:
