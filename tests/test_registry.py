@@ -491,3 +491,25 @@ def test_chunked_upload_round_trips(tmp_path, registry):
     assert (tmp_path / "c.kolm").read_bytes() == art.read_bytes()
     r = run_cli("push", str(art), f"{registry.host}/team/chunked-cli:v1", "--chunk-mb", "1")
     assert r.returncode == 0 and "uploaded" in r.stdout, r.stderr
+
+
+# -- the compile service's publish hook ------------------------------------------------
+def test_service_publisher_names_jobs_and_pushes_with_eval(tmp_path, registry):
+    from dataclasses import fields
+
+    from kolm.service.jobs import Job
+    from kolm.service.publish import RegistryPublisher, job_ref
+
+    assert job_ref("r:5000/kolm/", "Acme Corp", "Support tickets!", "AB12") == (
+        "r:5000/kolm/acme-corp/support-tickets:ab12"
+    )
+    with pytest.raises(RegistryError):
+        RegistryPublisher("not a registry")  # refused at start, not on the first job
+    art = FIXTURES / "kscore-v1.kolm"  # a signed artifact with held-out metrics
+    KeyStore().trust((FIXTURES / "kscore-v1.pub").read_text())
+    job = Job(**{**{f.name: None for f in fields(Job)}, "id": "J1", "tenant": "acme", "name": "t"})
+    RegistryPublisher(f"{registry.host}/kolm")(art, job)
+    ref = f"{registry.host}/kolm/acme/t:j1"
+    got = pull(ref, tmp_path / "got.kolm")
+    assert Path(got.out).read_bytes() == art.read_bytes()
+    assert read_eval(ref)["kscore"]["K"] == open_artifact(art).manifest["kscore"]["K"]

@@ -78,7 +78,9 @@ def server_group(
     from kolm.service.host import run_server
 
     size = int(max_upload_mb * 1e6)
-    run_server(data, host, port, queue_url, workers, Limits(size, size), _publisher(publish, insecure))
+    run_server(
+        data, host, port, queue_url, workers, Limits(size, size), _publisher(publish, insecure)
+    )
 
 
 @server_group.group("tenants")

@@ -29,7 +29,9 @@ class RegistryPublisher:
     def __init__(self, prefix: str, insecure: bool = False):
         from kolm.registry.refs import parse_ref
 
-        parse_ref(job_ref(prefix, "tenant", "task", "job"))  # a bad prefix fails at start, not per job
+        parse_ref(
+            job_ref(prefix, "tenant", "task", "job")
+        )  # a bad prefix fails at start, not per job
         self.prefix, self.insecure = prefix, insecure
 
     def __call__(self, artifact: Path, job: Job) -> None:
@@ -37,4 +39,3 @@ class RegistryPublisher:
 
         ref = job_ref(self.prefix, job.tenant, job.name, job.id)
         publish(artifact, ref, with_eval=True, insecure=self.insecure)
-
