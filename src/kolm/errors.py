@@ -94,3 +94,9 @@ class RecallError(KolmError):
     """A corpus cannot be indexed, or an index cannot be opened, read or queried."""
 
     exit_code = 12
+
+
+class ExportError(KolmError):
+    """An artifact cannot be exported to the runtime asked for (e.g. PEFT from a merged build)."""
+
+    exit_code = 13

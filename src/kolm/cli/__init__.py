@@ -1,12 +1,12 @@
 """The `kolm` command line. Commands parse, call the library, print.
 
-One module per command group (compile, run, receipts, trust, recall), each attaching its
+One module per command group (compile, run, receipts, trust, recall, export), each attaching its
 commands to the root group in `app`. Heavy modules (torch, transformers,
 llama.cpp) are imported inside the commands that need them, so `kolm verify` and
 `kolm inspect` start fast.
 """
 
-from kolm.cli import compile, recall, receipts, run, trust  # noqa: F401  (they register commands)
+from kolm.cli import compile, export, recall, receipts, run, trust  # noqa: F401  (register)
 from kolm.cli.app import cli, main
 
 __all__ = ["cli", "main"]

@@ -11,6 +11,7 @@ from kolm.cli.app import cli
 from kolm.cli.common import (
     _floor_line,
     _k_line,
+    _precision_rows,
     _table,
     base_option,
     no_recipes_option,
@@ -47,6 +48,12 @@ from kolm.cli.common import (
     type=click.Path(exists=True, path_type=Path),
     help="A drift file whose inputs the teacher labels too.",
 )
+@click.option(
+    "--quantize",
+    type=click.Choice(["adapter", "f16", "q8_0", "q4_0", "q4_k"]),
+    help="Override quantize: `adapter` (default: base as shipped + adapter) or the adapter "
+    "merged into one model at f16, q8_0, q4_0 or q4_k.",
+)
 @quiet_option
 def compile_cmd(
     spec: Path,
@@ -58,6 +65,7 @@ def compile_cmd(
     cache_path: Path | None,
     force: bool,
     drift_path: Path | None,
+    quantize: str | None,
     quiet: bool,
 ) -> None:
     """Compile the task in SPEC (a kolm.yaml) into a signed .kolm file.
@@ -66,7 +74,7 @@ def compile_cmd(
     and exits 8, unless --force."""
     from kolm.compiler import compile_task
 
-    task = _load_task(spec, steps=steps, teacher=teacher)
+    task = _load_task(spec, steps=steps, teacher=teacher, quantize=quantize)
     out = out or Path(f"{task.name}.kolm")
     result = compile_task(
         task,
@@ -149,6 +157,7 @@ def _load_task(
     teacher: str | None = None,
     k: int | None = None,
     min_agreement: float | None = None,
+    quantize: str | None = None,
 ):
     import dataclasses
 
@@ -166,6 +175,8 @@ def _load_task(
         task = dataclasses.replace(
             task, teacher=dataclasses.replace(task.teacher, min_agreement=min_agreement)
         )
+    if quantize is not None:
+        task = dataclasses.replace(task, quantize=quantize)
     return task
 
 
@@ -242,6 +253,7 @@ def _print_compile_summary(result) -> None:
             "time " + "/".join(result.timings),
             " / ".join(f"{v:.0f}s" for v in result.timings.values()),
         ),
+        *_precision_rows(result.manifest.get("precision")),
         ("artifact", f"{result.artifact} ({size / 1e6:.1f} MB)"),
         ("artifact id", result.artifact_id[:16]),
         ("K-score", _k_line(result.manifest)),
