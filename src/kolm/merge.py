@@ -50,7 +50,8 @@ class MergeReport:
         kinds = Counter(f.split(" -> ")[-1] for f in self.fallbacks)
         how = ", ".join(f"{n} to {t}" for t, n in sorted(kinds.items()))
         return (
-            f"{len(self.fallbacks)} matrices are not {_WANTED[self.precision]} ({how}): "
+            f"{len(self.fallbacks)} {'matrix is' if len(self.fallbacks) == 1 else 'matrices are'} "
+            f"not {_WANTED[self.precision]} ({how}): "
             "llama.cpp falls back where a row width is not a multiple of the K-quant block "
             "(256) and keeps the token embedding / output matrix wider"
         )
