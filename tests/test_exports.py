@@ -134,7 +134,7 @@ def test_peft_export_loads_with_peft_and_agrees_with_kolm_run(compiled, env, ref
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"
     }  # fmt: skip
     torch.set_num_threads(1)
-    base, tok = load_base(out / "base.gguf")
+    base, tok = load_base(out / "base" / "base.gguf")
     model = PeftModel.from_pretrained(base, str(out))
     model.eval()
     cfg = reference["config"]

@@ -26,6 +26,8 @@ from kolm.prompt import PromptFormat
 
 TARGETS = ("gguf", "ollama", "peft")
 RECORD = "kolm-export.json"
+PEFT_BASE = "base/base.gguf"
+"""Where a peft export puts the base GGUF that transformers loads."""
 _HF_MODULES = {v: k for k, v in MODULE_NAMES.items()}
 _ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 
@@ -207,8 +209,11 @@ def _to_peft(art: Artifact, out: Path, precision: str, stamp: dict, threads: int
     (out / "adapter_config.json").write_text(
         json.dumps(adapter_config(train, art.manifest["base"]["name"], tensors), indent=1) + "\n"
     )
-    shutil.copyfile(base, out / "base.gguf")
-    return precision, ["adapter_model.safetensors", "adapter_config.json", "base.gguf"]
+    # In a subfolder: transformers reads a folder holding adapter_config.json as an
+    # adapter and would go looking for the base by name.
+    (out / "base").mkdir(exist_ok=True)
+    shutil.copyfile(base, out / PEFT_BASE)
+    return precision, ["adapter_model.safetensors", "adapter_config.json", PEFT_BASE]
 
 
 def adapter_config(train: dict, base_name: str, tensors: dict) -> dict:
