@@ -259,6 +259,8 @@ def compile_task(
 
     t = time.perf_counter()
     embedded = embed_base or merged is not None  # a merged build's model is its base part
+    if merged is not None and not embed_base:
+        log("kolm: note: a merged build embeds its model; --no-embed-base does not apply")
     parts = _write_parts(p, work, decoding, embedded, report, pack, merged)
     manifest = _manifest(p, base_sha, embedded, decoding, metrics, train_info)
     manifest["precision"] = precision
