@@ -42,6 +42,8 @@ FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 SIGNATURE = "signature.json"
 BASE_PART = "base.gguf"
+ADAPTER_PART = "adapter.gguf"
+"""Absent in a merged build (`quantize:` other than adapter): then BASE_PART is the model."""
 # Large binaries are stored, not deflated: they do not compress and extract faster.
 _STORED_SUFFIXES = (".gguf", ".sqlite", ".bin", ".pack")
 # Parts kept in memory as verified bytes (small text the runtime reads back).

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kolm import __version__
-from kolm.artifact import BASE_PART, canonical_json, utc_now, write_artifact
+from kolm.artifact import ADAPTER_PART, BASE_PART, canonical_json, utc_now, write_artifact
 from kolm.basemodel import ResolvedBase, resolve
 from kolm.data import Example, load_examples, load_inputs, split_heldout, write_jsonl
 from kolm.errors import GateError, SpecError
@@ -250,6 +250,7 @@ def compile_task(
     t = time.perf_counter()
     decoding = _decoding(p, train_info)
     ev = _evaluate_stage(p, work / "adapter.gguf", decoding, pack, progress, log)
+    ev, precision, merged = _precision_stage(p, work, decoding, pack, ev, progress, log)
     teacher = _teacher_baseline(p, cache_path, progress, log)
     metrics = _metrics(p, ev, teacher, train_info)
     if p.output_kind == "label":
@@ -257,12 +258,16 @@ def compile_task(
     timings["evaluate"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    parts = _write_parts(p, work, decoding, embed_base, report, pack)
-    manifest = _manifest(p, base_sha, embed_base, decoding, metrics, train_info)
+    embedded = embed_base or merged is not None  # a merged build's model is its base part
+    if merged is not None and not embed_base:
+        log("kolm: note: a merged build embeds its model; --no-embed-base does not apply")
+    parts = _write_parts(p, work, decoding, embedded, report, pack, merged)
+    manifest = _manifest(p, base_sha, embedded, decoding, metrics, train_info)
+    manifest["precision"] = precision
     manifest["recipes"] = _recipes_summary(pack, parts, ev)
     if report is not None:
         manifest["distill"] = report.summary()
-    size = sum(path.stat().st_size for path in parts.values()) + (0 if embed_base else p.base.size)
+    size = sum(path.stat().st_size for path in parts.values()) + (0 if embedded else p.base.size)
     manifest["economics"] = _economics(p, metrics, report, teacher)
     score, verdict = _score(p, metrics, size, manifest["economics"]["student_usd_per_call"])
     manifest["kscore"] = score.to_dict()
@@ -376,16 +381,30 @@ def _recipes_summary(pack, parts: dict[str, Path], ev: dict) -> dict:
 
 
 def _evaluate_stage(
-    p: Prepared, adapter: Path, decoding: Decoding, pack, progress: bool, log: Log
+    p: Prepared,
+    adapter: Path | None,
+    decoding: Decoding,
+    pack,
+    progress: bool,
+    log: Log,
+    merged: Path | None = None,
 ) -> dict:
-    """Student (with its recipe pack) and untrained base through llama.cpp on the held-out inputs."""
+    """Student (with its recipe pack) and untrained base through llama.cpp on the held-out inputs.
+
+    With `merged` (a merged build), the student is that model without an adapter,
+    and the base is not run again."""
     inputs = [e.input for e in p.heldout]
     gold = [e.output for e in p.heldout]
-    log("kolm: evaluating student and untrained base on the held-out set (llama.cpp)")
+    runs = [("student", merged or p.base.gguf, adapter)]
+    if merged is None:
+        log("kolm: evaluating student and untrained base on the held-out set (llama.cpp)")
+        runs.append(("base", p.base.gguf, None))
+    else:
+        log(f"kolm: evaluating the merged {merged.name} on the held-out set (llama.cpp)")
     scores = {}
-    for name, adapter_path in (("student", adapter), ("base", None)):
+    for name, model_path, adapter_path in runs:
         model = Student(
-            p.base.gguf,
+            model_path,
             adapter_path,
             p.fmt,
             p.spec.description,
@@ -418,6 +437,57 @@ def _evaluate_stage(
         "latencies_s": list(student.latencies_s),
         "drafted_shares": list(student.drafted_shares),
     }
+
+
+def _precision_stage(
+    p: Prepared, work: Path, decoding: Decoding, pack, ev: dict, progress: bool, log: Log
+) -> tuple[dict, dict, Path | None]:
+    """For `quantize:` other than adapter: merge, quantize and evaluate the merged model.
+
+    Returns the evaluation of what ships, its precision record for the manifest, and
+    the merged model's path (None for the default base + adapter build)."""
+    from kolm.merge import describe, merge_gguf
+    from kolm.precision import measure
+
+    kind = p.spec.quantize
+    adapter = work / "adapter.gguf"
+    student = ev["scores"]["student"]
+    accuracy = _row_accuracy(ev["rows"])
+    if kind == "adapter":
+        size = p.base.size + adapter.stat().st_size
+        rep = measure(kind, size, student.outputs, student.outputs, accuracy, student.latency_p50_s)
+        return ev, rep.to_dict(), None
+    path = work / f"merged-{kind}.gguf"
+    if path.is_file():
+        merge = describe(path, kind)
+    else:
+        log(f"kolm: merging the adapter into the base and writing it at {kind}")
+        merge = merge_gguf(p.base.gguf, adapter, path, kind, threads=decoding.resolved().threads)
+    shipped = _evaluate_stage(p, None, decoding, pack, progress, log, merged=path)
+    shipped["scores"]["base"] = ev["scores"]["base"]
+    s = shipped["scores"]["student"]
+    rep = measure(
+        kind,
+        merge.size,
+        s.outputs,
+        student.outputs,
+        _row_accuracy(shipped["rows"]),
+        s.latency_p50_s,
+        merge.note(),
+        reference_accuracy=accuracy,
+    )
+    if rep.flagged:
+        log(f"kolm: warning: {rep.line()}")
+    record = rep.to_dict() | {
+        "reference_latency_p50_s": round(student.latency_p50_s, 4),
+        "tensor_types": merge.tensor_types,
+        "fallback_tensors": len(merge.fallbacks),
+    }
+    return shipped, record, path
+
+
+def _row_accuracy(rows: list[dict]) -> float:
+    return sum(r["correct"] for r in rows) / len(rows) if rows else 0.0
 
 
 def _grounded(model: Student, grounder: Grounder | None):
@@ -560,8 +630,15 @@ def _economics(p: Prepared, metrics: dict, report, teacher: dict) -> dict:
 
 
 def _write_parts(
-    p: Prepared, work: Path, decoding: Decoding, embed_base: bool, report=None, pack=None
+    p: Prepared,
+    work: Path,
+    decoding: Decoding,
+    embed_base: bool,
+    report=None,
+    pack=None,
+    merged: Path | None = None,
 ) -> dict[str, Path]:
+    """The artifact's parts; a merged build ships `merged` as its base part and no adapter."""
     from kolm.decompose.pack import PART
 
     parts_dir = work / "parts"
@@ -583,7 +660,6 @@ def _write_parts(
         config["recall"] = _recall_config(p)
     (parts_dir / "config.json").write_text(json.dumps(config, indent=1, ensure_ascii=False))
     parts = {
-        "adapter.gguf": work / "adapter.gguf",
         "train.jsonl": parts_dir / "train.jsonl",
         "heldout.jsonl": parts_dir / "heldout.jsonl",
         "config.json": parts_dir / "config.json",
@@ -606,8 +682,12 @@ def _write_parts(
         ]
         write_jsonl(parts_dir / "grounding.jsonl", rows)
         parts["grounding.jsonl"] = parts_dir / "grounding.jsonl"
-    if embed_base:
-        parts[BASE_PART] = p.base.gguf
+    if merged is not None:
+        parts[BASE_PART] = merged
+    else:
+        parts[ADAPTER_PART] = work / "adapter.gguf"
+        if embed_base:
+            parts[BASE_PART] = p.base.gguf
     return parts
 
 

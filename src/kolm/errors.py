@@ -108,3 +108,9 @@ class ServiceError(KolmError):
     A remote compile that ran and failed exits with the job's own code instead."""
 
     exit_code = 14
+
+
+class ExportError(KolmError):
+    """An artifact cannot be exported to the runtime asked for (e.g. PEFT from a merged build)."""
+
+    exit_code = 15

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from kolm import __version__
-from kolm.artifact import Artifact, open_artifact
+from kolm.artifact import ADAPTER_PART, Artifact, open_artifact
 from kolm.drift import DriftStore, coverage_reason, drift_reason
 from kolm.errors import BaseModelError, ReceiptError
 from kolm.keys import KeyStore
@@ -40,7 +40,7 @@ def load_student(
         decoding = replace(decoding, threads=threads)
     student = Student(
         _base_path(art, base),
-        art.materialize("adapter.gguf"),
+        adapter_path(art),
         PromptFormat.from_dict(config["prompt_format"]),
         config["instruction"],
         decoding,
@@ -50,8 +50,18 @@ def load_student(
     return art, student
 
 
+def adapter_path(art: Artifact) -> Path | None:
+    """The artifact's LoRA adapter, or None for a merged build (the base part is the model)."""
+    return art.materialize(ADAPTER_PART) if ADAPTER_PART in art.manifest["parts"] else None
+
+
 def _base_path(art: Artifact, base: Path | None) -> Path:
     """The artifact's base; a `--base` given for an embedded base is used only if it is the same file."""
+    if base is not None and ADAPTER_PART not in art.manifest["parts"]:
+        raise BaseModelError(
+            "this artifact is a merged build: its model is the base part, --base does not apply",
+            hint="drop --base",
+        )
     if base is None or not art.manifest["base"].get("embedded"):
         return art.base_path(base)
     from kolm.artifact import locate_base

@@ -18,6 +18,8 @@ import yaml
 from kolm.errors import SpecError
 
 DEFAULT_BASE = "smollm2-135m-instruct"
+QUANTIZE_CHOICES = ("adapter", "f16", "q8_0", "q4_0", "q4_k")
+"""`adapter`, or the merged precisions `merge` builds."""
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -274,6 +276,9 @@ class TaskSpec:
     `corpus: docs/` is short for `corpus: [docs/]`."""
     recall: RecallConfig = field(default_factory=RecallConfig)
     """Retrieval settings, used when `corpus` is set."""
+    quantize: str = "adapter"
+    """Precision of the shipped model: `adapter` (the base as shipped + a separate LoRA
+    adapter), or the adapter merged into one model at `f16`, `q8_0`, `q4_0` or `q4_k`."""
     spec_path: Path | None = None
     """Where the spec was read from (set by `load_spec`)."""
 
@@ -297,6 +302,8 @@ class TaskSpec:
         problems += self.gate.check()
         if self.corpus:
             problems += self.recall.check() + self._check_corpus()
+        if self.quantize not in QUANTIZE_CHOICES:
+            problems.append(f"quantize must be one of {', '.join(QUANTIZE_CHOICES)}")
         return problems + self.train.check() + self.run.check() + self.verifier.check()
 
     def _check_corpus(self) -> list[str]:

@@ -41,6 +41,18 @@ def _table(rows, header) -> str:
     return "\n".join(out)
 
 
+def _precision_rows(record: dict | None) -> list[tuple[str, str]]:
+    """The precision line: size, accuracy, agreement with the unmerged student, p50, flag."""
+    if not record:
+        return []
+    from kolm.precision import PrecisionReport
+
+    fields = PrecisionReport.__dataclass_fields__
+    rep = PrecisionReport(**{k: v for k, v in record.items() if k in fields})
+    rows = [("precision", rep.line())]
+    return rows + ([("  quantizer note", rep.note)] if rep.note else [])
+
+
 # -- options shared by the commands that run a model, declared once ----------------
 threads_option = click.option(
     "--threads",

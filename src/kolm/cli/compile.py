@@ -11,6 +11,7 @@ from kolm.cli.app import cli
 from kolm.cli.common import (
     _floor_line,
     _k_line,
+    _precision_rows,
     _table,
     base_option,
     no_recipes_option,
@@ -52,6 +53,12 @@ from kolm.cli.common import (
     metavar="URL",
     help="Compile on a `kolm server` (key: $KOLM_API_KEY or `kolm login URL`).",
 )
+@click.option(
+    "--quantize",
+    type=click.Choice(["adapter", "f16", "q8_0", "q4_0", "q4_k"]),
+    help="Override quantize: `adapter` (default: base as shipped + adapter) or the adapter "
+    "merged into one model at f16, q8_0, q4_0 or q4_k.",
+)
 @quiet_option
 def compile_cmd(
     spec: Path,
@@ -64,6 +71,7 @@ def compile_cmd(
     force: bool,
     drift_path: Path | None,
     remote: str | None,
+    quantize: str | None,
     quiet: bool,
 ) -> None:
     """Compile the task in SPEC (a kolm.yaml) into a signed .kolm file.
@@ -72,7 +80,7 @@ def compile_cmd(
     and exits 8, unless --force."""
     from kolm.compiler import _stderr, compile_task
 
-    task = _load_task(spec, steps=steps, teacher=teacher)
+    task = _load_task(spec, steps=steps, teacher=teacher, quantize=quantize)
     out = out or Path(f"{task.name}.kolm")
     if remote:
         from kolm.service.client import compile_remote
@@ -83,6 +91,7 @@ def compile_cmd(
             "--drift": drift_path,
             "--teacher": teacher,
             "--no-embed-base": no_embed_base,
+            "--quantize": quantize,
         }
         if any(local_only.values()):
             used = ", ".join(k for k, v in local_only.items() if v)
@@ -171,6 +180,7 @@ def _load_task(
     teacher: str | None = None,
     k: int | None = None,
     min_agreement: float | None = None,
+    quantize: str | None = None,
 ):
     import dataclasses
 
@@ -188,6 +198,8 @@ def _load_task(
         task = dataclasses.replace(
             task, teacher=dataclasses.replace(task.teacher, min_agreement=min_agreement)
         )
+    if quantize is not None:
+        task = dataclasses.replace(task, quantize=quantize)
     return task
 
 
@@ -264,6 +276,7 @@ def _print_compile_summary(result) -> None:
             "time " + "/".join(result.timings),
             " / ".join(f"{v:.0f}s" for v in result.timings.values()),
         ),
+        *_precision_rows(result.manifest.get("precision")),
         ("artifact", f"{result.artifact} ({size / 1e6:.1f} MB)"),
         ("artifact id", result.artifact_id[:16]),
         ("K-score", _k_line(result.manifest)),

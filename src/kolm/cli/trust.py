@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from kolm.cli.app import cli
-from kolm.cli.common import _floor_line, _k_line, _short, _table
+from kolm.cli.common import _floor_line, _k_line, _precision_rows, _short, _table
 from kolm.cli.recall import inspect_rows
 
 
@@ -86,6 +86,7 @@ def inspect_cmd(artifact: Path, as_json: bool) -> None:
         floor = _floor_line(met)
         if floor:
             rows.append(("TF-IDF floor", floor))
+    rows += _precision_rows(m.get("precision"))
     if "kscore" in m:
         rows.append(("K-score", _k_line(m)))
     rows += _recipe_rows(m.get("recipes"))
