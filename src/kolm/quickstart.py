@@ -209,6 +209,11 @@ def _text_rows(text: str, labeled: bool) -> tuple[list[tuple[str, str | None]], 
     lines = [x for x in text.splitlines() if x.strip()]
     if labeled and lines and all(ARROW in x for x in lines):
         return [tuple(x.split(ARROW, 1)) for x in lines], f"text lines 'INPUT{ARROW}OUTPUT'"
+    if labeled:
+        return (
+            [],
+            f"skipped: plain text without 'INPUT{ARROW}OUTPUT' lines (inputs go in unlabeled/)",
+        )
     return [(x, None) for x in lines], "text: one unlabeled input per line"
 
 
