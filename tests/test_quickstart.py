@@ -95,7 +95,7 @@ def _diff(a: object, b: object, where: str = "") -> list[str]:
 def test_the_one_liner_and_the_spec_it_writes_compile_the_same_artifact(tmp_path, kolm_home):
     write_mixed_folder(tmp_path / "ex")
     one = run_cli(
-        "compile", INSTRUCTION, "--examples", "ex", "--steps", "4", "--force", "-q",
+        "compile", INSTRUCTION, "--examples", "ex", "--steps", "2", "--force", "-q",
         "--out", "one.kolm", cwd=tmp_path,
     )  # fmt: skip
     assert one.returncode == 0, one.stderr
@@ -104,7 +104,7 @@ def test_the_one_liner_and_the_spec_it_writes_compile_the_same_artifact(tmp_path
     init = run_cli("init", "ex", "--task", INSTRUCTION, "--spec-dir", "spec", cwd=tmp_path)
     assert init.returncode == 0, init.stderr
     two = run_cli(
-        "compile", "spec/kolm.yaml", "--steps", "4", "--force", "-q", "--out", "two.kolm",
+        "compile", "spec/kolm.yaml", "--steps", "2", "--force", "-q", "--out", "two.kolm",
         cwd=tmp_path,
     )  # fmt: skip
     assert two.returncode == 0, two.stderr

@@ -81,8 +81,8 @@ def compile_cmd(
 
     if examples is None and not Path(spec_or_task).is_file():
         raise click.UsageError(
-            f"{spec_or_task!r} is not a spec file; to compile from a description give "
-            "--examples DIR"
+            f"spec file not found: {spec_or_task!r} (to compile from a task description, "
+            "give --examples DIR)"
         )
     if examples is None and (base or name):
         raise click.UsageError("--base and --name are for the one-command form (--examples)")
