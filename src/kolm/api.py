@@ -189,11 +189,17 @@ def compile(  # noqa: A001 - the CLI's verb, on purpose
     description. Returns the `compiler.CompileResult`; below the gate raises GateError."""
     from kolm.compiler import compile_task
 
-    is_spec = examples is None and Path(spec_or_task).is_file()
+    is_spec = Path(spec_or_task).is_file()
+    if is_spec and examples is not None:
+        raise SpecError(
+            [f"{spec_or_task} is a spec file, which names its own examples: drop examples"]
+        )
     if not is_spec and examples is None:
         raise SpecError(
-            [f"{spec_or_task!s:.60}: no such spec file; a task description needs examples"],
-            hint='kolm compile "TASK DESCRIPTION" --examples DIR',
+            [
+                f"{spec_or_task!s:.60}: no such spec file; a task description needs examples "
+                '(kolm compile "TASK DESCRIPTION" --examples DIR)'
+            ]
         )
     if is_spec:
         if base is not None or name is not None:

@@ -101,16 +101,22 @@ def _read_file(path: Path, found: Found, labeled: bool) -> None:
     except (UnicodeDecodeError, OSError):
         found.files.append(FileReport(path, detected, "skipped: not UTF-8 text"))
         return
-    if kind == "jsonl":
-        rows, how = _json_rows(text)
-    elif kind in ("csv", "tsv"):
-        rows, how = _table_rows(text, "\t" if kind == "tsv" else ",")
-    elif kind == "text":
-        rows, how = _text_rows(text, labeled)
-    else:
+    if kind == "other":
         found.files.append(FileReport(path, detected, "skipped: not an examples format"))
         return
+    try:
+        rows, how = _rows(kind, text, labeled)
+    except SpecError as e:  # name the file the problem is in
+        raise SpecError(e.problems, source=f"{path} (read as {kind})") from None
     _take(path, detected, how, rows, found, labeled)
+
+
+def _rows(kind: str, text: str, labeled: bool) -> tuple[list[tuple[str, str | None]], str]:
+    if kind == "jsonl":
+        return _json_rows(text)
+    if kind in ("csv", "tsv"):
+        return _table_rows(text, "\t" if kind == "tsv" else ",")
+    return _text_rows(text, labeled)
 
 
 def _take(path, detected, how, rows, found: Found, labeled: bool) -> None:
@@ -273,6 +279,10 @@ def write_spec(
     return spec
 
 
+def _files(n: int) -> str:
+    return f"{n} file" if n == 1 else f"{n} files"
+
+
 def _yaml(found, description, name, base, teacher, steps, use_unlabeled) -> str:
     q = json.dumps  # a JSON string is a valid YAML scalar
     lines = [
@@ -283,7 +293,7 @@ def _yaml(found, description, name, base, teacher, steps, use_unlabeled) -> str:
         "# The instruction the model follows (its system prompt).",
         f"description: {q(description)}",
         f"# {len(found.examples)} labeled examples gathered from "
-        f"{sum(1 for f in found.files if f.examples)} files.",
+        f"{_files(sum(1 for f in found.files if f.examples))}.",
         "examples: examples.jsonl",
         "# A registered base name, a local .gguf file or a Hugging Face folder.",
         f"base: {q(base or DEFAULT_BASE)}",
