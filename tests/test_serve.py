@@ -200,7 +200,7 @@ def test_bad_requests_get_4xx(server):
     assert (
         httpx.post(
             f"{url}/v1/completions",
-            json={"model": "toy", "prompt": "a", "stream": True},
+            json={"model": "toy", "prompt": "a", "stream": "yes"},
             headers=auth,
         ).status_code
         == 400

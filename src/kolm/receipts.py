@@ -76,6 +76,9 @@ class Receipt:
     """Ids of the retrieved chunks the prompt was grounded in (None without an index)."""
     drafted_share: float | None = None
     """Share of the answer's tokens drafted by the recipe pack (absent in older receipts)."""
+    incomplete: bool | None = None
+    """True when a streaming client disconnected before the whole answer was sent
+    (absent otherwise, and in older receipts)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -97,11 +100,10 @@ _BODY_FIELDS = (
     "confidence",
     "context",
     "drafted_share",
+    "incomplete",
 )
-
-# Present only when used (an index, a recipe pack), so older receipts keep their shape.
-_OPTIONAL = ("context", "drafted_share")
-_REQUIRED = set(_BODY_FIELDS) - set(_OPTIONAL)
+# Present only when set, so receipts without them keep the shape older kolm wrote.
+_OPTIONAL_FIELDS = frozenset({"context", "drafted_share", "incomplete"})
 
 
 @dataclass(frozen=True)
@@ -133,8 +135,8 @@ class ReceiptStore:
     def append(self, **fields) -> Receipt:
         """Add a receipt; fields are Receipt's minus seq/id/prev/hashes/created_at, plus input/output."""
         text_in, text_out = fields.pop("input"), fields.pop("output")
-        for optional in _OPTIONAL:
-            if fields.get(optional) is None:
+        for optional in _OPTIONAL_FIELDS:
+            if fields.get(optional) is None or fields.get(optional) is False:
                 fields.pop(optional, None)  # receipts without an index or pack keep their old shape
         db = self._db
         db.execute("BEGIN IMMEDIATE")
@@ -303,7 +305,10 @@ def _body(body: str) -> dict | None:
         data = json.loads(body)
     except ValueError:
         return None
-    if not isinstance(data, dict) or not _REQUIRED <= set(data) <= set(_BODY_FIELDS):
+    if not isinstance(data, dict):
+        return None
+    keys = set(data)
+    if not keys <= set(_BODY_FIELDS) or not set(_BODY_FIELDS) - _OPTIONAL_FIELDS <= keys:
         return None
     return data
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -189,6 +190,17 @@ class Result:
         return d
 
 
+@dataclass(frozen=True)
+class Answered:
+    """An answer whose receipt is not written yet (`Runner.answer`, then `Runner.record`)."""
+
+    result: Result
+    student_output: str
+    """The student's own answer (what drift logs, even when a fallback replaced it)."""
+    grounded: bool
+    """The artifact has an index (the receipt then lists the chunk ids, even none)."""
+
+
 class Runner:
     """Answer, verify, log drift, optionally fall back to a teacher, and write a receipt.
 
@@ -226,9 +238,17 @@ class Runner:
         self._expected_share = pack.stats.get("expected_hit_rate") if pack else None
 
     def __call__(self, text: str) -> Result:
+        return self.record(self.answer(text))
+
+    def answer(self, text: str, on_delta: Callable[[str], None] | None = None) -> Answered:
+        """Answer (and fall back when configured) without writing anything yet.
+
+        `on_delta` streams the answer's text as it is decoded; with a fallback teacher
+        configured the answer may still be replaced, so it then comes in one piece."""
         g = self.grounder
         context, ids = (g.context(text), tuple(g.ids(text))) if g else ([], ())
-        ans = self.student.answer(text, context)
+        live = on_delta if self._fallback is None else None
+        ans = self.student.answer(text, context, on_delta=live)
         output, path = ans.output, "student"
         verified, rule, _ = self._check(output)
         reason = drift_reason(verified, rule, ans.confidence, self.min_confidence)
@@ -241,25 +261,9 @@ class Runner:
             verified, rule, normalized = self._check(reply)
             output = normalized if verified else reply
             n_out, finish = self.student.count_tokens(output), "stop"
-        receipt = None
-        if self.receipts is not None:
-            receipt = self.receipts.append(
-                artifact_id=self.artifact.id,
-                artifact_path=self.path,
-                input=text,
-                output=output,
-                settings=self.settings,
-                latency_ms=round(ans.latency_s * 1000, 3),
-                verified=verified,
-                failed_rule=rule,
-                path=path,
-                confidence=ans.confidence,
-                context=list(ids) if g else None,
-                drafted_share=ans.drafted_share,
-            ).id
-        if reason and self.drift is not None:
-            self.drift.add(self.artifact.id, text, ans.output, reason, ans.confidence, receipt)
-        return Result(
+        if on_delta is not None and live is None:
+            on_delta(output)
+        result = Result(
             text,
             output,
             path,
@@ -267,7 +271,7 @@ class Runner:
             rule,
             ans.confidence,
             ans.latency_s,
-            receipt,
+            None,
             reason,
             ans.prompt_tokens,
             n_out,
@@ -275,6 +279,33 @@ class Runner:
             ids,
             ans.drafted_share,
         )
+        return Answered(result, ans.output, g is not None)
+
+    def record(self, answered: Answered, incomplete: bool = False) -> Result:
+        """Write the receipt (and the drift entry) for an answer; `incomplete`: the client
+        left a stream before the whole answer was sent."""
+        r, receipt = answered.result, None
+        if self.receipts is not None:
+            receipt = self.receipts.append(
+                artifact_id=self.artifact.id,
+                artifact_path=self.path,
+                input=r.input,
+                output=r.output,
+                settings=self.settings,
+                latency_ms=round(r.latency_s * 1000, 3),
+                verified=r.verified,
+                failed_rule=r.failed_rule,
+                path=r.path,
+                confidence=r.confidence,
+                context=list(r.context) if answered.grounded else None,
+                drafted_share=r.drafted_share,
+                incomplete=incomplete or None,
+            ).id
+        if r.drift and self.drift is not None:
+            self.drift.add(
+                self.artifact.id, r.input, answered.student_output, r.drift, r.confidence, receipt
+            )
+        return replace(r, receipt=receipt)
 
     def _check(self, output: str) -> tuple[bool | None, str | None, str]:
         """(passed, failed rule, normalized output); (None, None, output) without a verifier."""

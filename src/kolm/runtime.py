@@ -5,16 +5,19 @@ its state restored before every call, so each answer is computed the same way
 whatever came before it (greedy decoding; same machine and build → same bytes).
 Decoding is `decompose.draft.decode`: plain greedy one token at a time, or, with
 a recipe pack and flash attention (whose logits do not depend on the batch
-shape), drafts verified in batches — the same bytes either way.
+shape), drafts verified in batches — the same bytes either way. With `on_delta`
+an answer is also handed out as it is made (`TextDeltas`: whole characters only,
+the same text the answer ends up with).
 Knows llama-cpp-python; knows nothing of artifacts, signatures or training.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -130,7 +133,14 @@ class Student:
         """The prompt's token ids; only the chat template's own text can be control tokens."""
         return token_ids(self.fmt.segments(self.instruction, user_input, context), self._tokenize)
 
-    def answer(self, user_input: str, context: Sequence[str] = ()) -> Answer:
+    def answer(
+        self,
+        user_input: str,
+        context: Sequence[str] = (),
+        on_delta: Callable[[str], None] | None = None,
+    ) -> Answer:
+        """Greedy answer; `on_delta` (optional) gets the answer's text piece by piece as it
+        is decoded — once per decoding step, possibly "" — and the pieces add up to `output`."""
         d = self.decoding
         if not user_input.strip():
             raise InputError("empty input: there is nothing to answer")
@@ -149,6 +159,7 @@ class Student:
         from kolm.decompose.draft import Pieces, decode
 
         self._pieces = self._pieces or Pieces(self._llm)
+        deltas = TextDeltas(on_delta) if on_delta is not None else None
         out = decode(
             self._llm,
             tokens,
@@ -159,11 +170,15 @@ class Student:
             pieces=self._pieces,
             source=user_input.encode("utf-8"),
             constraint=self._constraint,
+            on_text=deltas.feed if deltas is not None else None,
         )
         self.last_decode = out
         latency = time.perf_counter() - t0
+        output = out.text.decode("utf-8", errors="ignore").strip()
+        if deltas is not None:
+            deltas.finish(output)
         return Answer(
-            output=out.text.decode("utf-8", errors="ignore").strip(),
+            output=output,
             prompt_tokens=len(tokens),
             completion_tokens=len(out.tokens),
             latency_s=latency,
@@ -177,6 +192,34 @@ class Student:
             if self._constraint is not None:
                 self._constraint.close()
             self._llm.close()
+
+
+class TextDeltas:
+    """Turn growing answer bytes into text pieces a client can show as they come.
+
+    Only whole UTF-8 characters go out (a character split across tokens waits for
+    its last byte), leading whitespace is dropped and trailing whitespace held back
+    until something follows it, so the pieces add up exactly to the stripped answer."""
+
+    def __init__(self, sink: Callable[[str], None]):
+        self.sink, self.sent = sink, ""
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
+        self._fed, self._text = 0, ""
+
+    def feed(self, settled: bytes) -> None:
+        """`settled`: the answer's bytes so far (each call extends the last one)."""
+        self._text += self._decoder.decode(settled[self._fed :])
+        self._fed = len(settled)
+        self._send(self._text.strip())
+
+    def finish(self, output: str) -> None:
+        """Send what is left of the final answer (`output`, which the pieces so far begin)."""
+        self._send(output)
+
+    def _send(self, text: str) -> None:
+        delta = text[len(self.sent) :] if text.startswith(self.sent) else ""
+        self.sent += delta
+        self.sink(delta)
 
 
 def _end_of_turn_ids(llm) -> frozenset[int]:

@@ -11,6 +11,15 @@ honour (`n` > 1, `logprobs`, tools, ...) is refused with 400 naming it; sampling
 fields are accepted but the recorded greedy decoding answers (so receipts
 replay), and the `x-kolm-ignored` header names them. `usage` counts the model's
 tokens.
+`stream: true` answers with server-sent events as OpenAI's SDK reads them: a role
+chunk (chat), content chunks as tokens are decoded (whole characters only), a
+chunk with `finish_reason`, a usage chunk when `stream_options.include_usage`,
+then `data: [DONE]`. The receipt is written when the content has been sent — or
+when the client left first, then marked `incomplete` — so its id cannot be in the
+headers: the `finish_reason` chunk carries it as `kolm_receipt` (and the path that
+answered as `kolm_path`). "Delivered" means every content chunk was handed to the
+connection; the worker waits for that at most `STREAM_REPORT_S` seconds (a
+stalled client's receipt is marked incomplete).
 Knows HTTP; the answering is `runner.Runner`'s. (FastAPI is imported at module
 level because it resolves the handlers' annotations by name; only `kolm serve`
 imports this module.)
@@ -24,17 +33,19 @@ import json
 import queue
 import threading
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 from kolm.errors import InputError, KolmError
-from kolm.runner import Result, Runner
+from kolm.runner import Answered, Result, Runner
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 MAX_BODY_BYTES = 1 << 20
+STREAM_REPORT_S = 10.0
 # Accepted; the artifact's recorded greedy decoding answers anyway (named in x-kolm-ignored).
 IGNORED_FIELDS = frozenset(
     {
@@ -49,12 +60,12 @@ IGNORED_FIELDS = frozenset(
     }
 )
 # Accepted and meaningless here: client bookkeeping.
-PASSIVE_FIELDS = frozenset({"user", "metadata", "store", "stream_options"})
+PASSIVE_FIELDS = frozenset({"user", "metadata", "store"})
 # Accepted only at the value kolm gives anyway; any other value is a 400 naming the field.
 ONLY_VALUE = {
     "n": (1,),
     "best_of": (1,),
-    "stream": (False,),
+    "stream": (False, True),
     "logprobs": (False, 0),
     "top_logprobs": (0,),
     "echo": (False,),
@@ -93,28 +104,91 @@ class Worker:
         self.queue.put_nowait((text, fut, loop))  # raises queue.Full
         return fut
 
+    def submit_stream(self, text: str, loop: asyncio.AbstractEventLoop) -> StreamJob:
+        job = StreamJob(text, loop)
+        self.queue.put_nowait((text, job, loop))  # raises queue.Full
+        return job
+
     def _loop(self) -> None:
         while True:
             item = self.queue.get()
             if item is None:
                 return
             text, fut, loop = item
+            if isinstance(fut, StreamJob):
+                self._count(self._stream(fut))
+                continue
             try:
                 result: Result | BaseException = self.runner(text)
             except BaseException as e:  # delivered to the request, which answers 500
                 result = e
-            with self.stats.lock:
-                if isinstance(result, Result):
-                    self.stats.inferences += 1
-                    self.stats.inference_seconds += result.latency_s
-                    self.stats.fallbacks += result.path != "student"
-                    self.stats.drift += result.drift is not None
+            self._count(result)
             loop.call_soon_threadsafe(_settle, fut, result)
+
+    def _stream(self, job: StreamJob) -> Result | BaseException:
+        """Answer one stream: deltas as decoded, then the receipt once the stream reports."""
+        try:
+            answered: Answered = self.runner.answer(job.text, on_delta=job.delta)
+            job.push(("end", None))
+            delivered = job.reported.wait(STREAM_REPORT_S) and job.delivered
+            result: Result | BaseException = self.runner.record(answered, not delivered)
+        except BaseException as e:
+            result = e
+        job.push(("done", result))
+        return result
+
+    def _count(self, result: Result | BaseException) -> None:
+        with self.stats.lock:
+            if isinstance(result, Result):
+                self.stats.inferences += 1
+                self.stats.inference_seconds += result.latency_s
+                self.stats.fallbacks += result.path != "student"
+                self.stats.drift += result.drift is not None
 
     def close(self) -> None:
         self.queue.put(None)
         self._thread.join(timeout=30)
         self.runner.close()
+
+
+class StreamJob:
+    """One streamed request, between the worker thread and the response.
+
+    The worker pushes ("delta", text) as tokens are decoded, ("end", None) when the
+    answer is done, then ("done", Result or exception) once the receipt is written.
+    The response reports whether the client got all the content (`report`)."""
+
+    def __init__(self, text: str, loop: asyncio.AbstractEventLoop):
+        self.text, self.loop = text, loop
+        self.items: asyncio.Queue = asyncio.Queue()
+        self.reported = threading.Event()
+        self.delivered = False
+
+    def push(self, item: tuple) -> None:
+        self.loop.call_soon_threadsafe(self.items.put_nowait, item)
+
+    def delta(self, text: str) -> None:
+        self.push(("delta", text))
+
+    def report(self, delivered: bool) -> None:
+        """First report wins: the content was all sent, or the client left."""
+        if not self.reported.is_set():
+            self.delivered = delivered
+            self.reported.set()
+
+
+class _Stream(StreamingResponse):
+    """A streaming response that tells its job when it ends, however it ends."""
+
+    def __init__(self, job: StreamJob, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.job = job
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.job.report(False)  # no-op when the content was all sent
 
 
 def _settle(fut: asyncio.Future, result) -> None:
@@ -182,7 +256,8 @@ def make_app(
             raise BadRequest(400, "the request body must be a JSON object")
         return body
 
-    async def answer(request: Request, extract, fields: frozenset) -> tuple[Result, list[str]]:
+    async def admit(request: Request, extract, fields: frozenset) -> tuple[str, list[str], dict]:
+        """The input text, the ignored sampling fields and the body; BadRequest otherwise."""
         if not authorized(request):
             raise BadRequest(401, "missing or wrong API key", "invalid_api_key")
         body = await read_body(request)
@@ -193,6 +268,7 @@ def make_app(
                 "model_not_found",
             )
         ignored = _check_fields(body, fields)
+        _stream_options(body)
         text = extract(body)
         if not isinstance(text, str) or not text.strip():
             raise BadRequest(400, "no input text found in the request")
@@ -202,34 +278,53 @@ def make_app(
                 f"input is {len(text)} characters; the limit is {max_input_chars}",
                 "input_too_long",
             )
+        return text, ignored, body
+
+    async def answer(text: str) -> Result:
         try:
             fut = worker.submit(text, asyncio.get_running_loop())
         except queue.Full:
             raise BadRequest(503, "the model's queue is full; retry shortly") from None
         try:
-            return await fut, ignored
-        except InputError as e:
-            raise BadRequest(400, e.message) from None
-        except KolmError as e:  # the model or the fallback teacher failed: not the client's fault
-            raise BadRequest(500, e.message) from None
+            return await fut
+        except KolmError as e:
+            raise _failure(e) from None
 
-    async def respond(request: Request, extract, fields: frozenset, shape) -> JSONResponse:
+    async def start_stream(text: str) -> tuple[StreamJob, str]:
+        """Queue a stream and wait for its first piece, so a bad input is still a 4xx."""
         try:
-            result, ignored = await answer(request, extract, fields)
+            job = worker.submit_stream(text, asyncio.get_running_loop())
+        except queue.Full:
+            raise BadRequest(503, "the model's queue is full; retry shortly") from None
+        kind, value = await job.items.get()
+        if kind == "done":  # failed before the first token
+            if isinstance(value, KolmError):
+                raise _failure(value)
+            raise value
+        return job, value
+
+    async def respond(request: Request, extract, fields: frozenset, kind: str):
+        try:
+            text, ignored, body = await admit(request, extract, fields)
+            headers = {"x-kolm-ignored": ",".join(ignored)} if ignored else {}
+            if body.get("stream") is True:
+                job, first = await start_stream(text)
+                usage_chunk = bool((body.get("stream_options") or {}).get("include_usage"))
+                events = _events(job, first, _Chunks(kind, model_name, usage_chunk))
+                return _Stream(job, events, media_type="text/event-stream", headers=headers)
+            result = await answer(text)
         except BadRequest as e:
             return _error(
                 e.status, e.message, _KINDS.get(e.status, "invalid_request_error"), e.code
             )
-        headers = {"x-kolm-receipt": result.receipt or "", "x-kolm-path": result.path}
-        if ignored:
-            headers["x-kolm-ignored"] = ",".join(ignored)
-        return JSONResponse(shape(result), headers=headers)
+        headers.update({"x-kolm-receipt": result.receipt or "", "x-kolm-path": result.path})
+        return JSONResponse(envelope(result, kind), headers=headers)
 
-    def usage(result: Result) -> dict:
-        n_in, n_out = result.prompt_tokens, result.completion_tokens
-        return {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}
-
-    def envelope(result: Result, kind: str, choice: dict) -> dict:
+    def envelope(result: Result, kind: str) -> dict:
+        if kind == "chat.completion":
+            choice: dict = {"message": {"role": "assistant", "content": result.output}}
+        else:
+            choice = {"text": result.output}
         return {
             "id": f"{'chatcmpl' if kind == 'chat.completion' else 'cmpl'}-"
             f"{(result.receipt or 'x')[:24]}",
@@ -244,23 +339,11 @@ def make_app(
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        return await respond(
-            request,
-            _last_user_message,
-            CHAT_FIELDS,
-            lambda r: envelope(
-                r, "chat.completion", {"message": {"role": "assistant", "content": r.output}}
-            ),
-        )
+        return await respond(request, _last_user_message, CHAT_FIELDS, "chat.completion")
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        return await respond(
-            request,
-            _prompt,
-            COMPLETION_FIELDS,
-            lambda r: envelope(r, "text_completion", {"text": r.output}),
-        )
+        return await respond(request, _prompt, COMPLETION_FIELDS, "text_completion")
 
     @app.get("/v1/models")
     async def models(request: Request):
@@ -284,9 +367,89 @@ def make_app(
     return app
 
 
-CHAT_FIELDS = frozenset({"model", "messages"})
-COMPLETION_FIELDS = frozenset({"model", "prompt"})
+CHAT_FIELDS = frozenset({"model", "messages", "stream_options"})
+COMPLETION_FIELDS = frozenset({"model", "prompt", "stream_options"})
 _KINDS = {401: "authentication_error", 503: "overloaded_error", 500: "server_error"}
+
+
+def usage(result: Result) -> dict:
+    n_in, n_out = result.prompt_tokens, result.completion_tokens
+    return {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}
+
+
+def _failure(e: KolmError) -> BadRequest:
+    if isinstance(e, InputError):
+        return BadRequest(400, e.message)
+    return BadRequest(500, e.message)  # the model or the fallback teacher failed
+
+
+def _stream_options(body: dict) -> None:
+    opts = body.get("stream_options")
+    if opts is None:
+        return
+    if not isinstance(opts, dict) or set(opts) - {"include_usage"}:
+        raise BadRequest(400, "stream_options may hold only include_usage", "unsupported_field")
+    if opts.get("include_usage") not in (None, True, False):
+        raise BadRequest(400, "stream_options.include_usage must be true or false")
+
+
+class _Chunks:
+    """The JSON of one stream's chunks, chat (`chat.completion.chunk`) or text completion."""
+
+    def __init__(self, kind: str, model: str, with_usage: bool):
+        self.chat = kind == "chat.completion"
+        prefix = "chatcmpl" if self.chat else "cmpl"
+        self.head = {
+            "id": f"{prefix}-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion.chunk" if self.chat else "text_completion",
+            "created": int(time.time()),
+            "model": model,
+        }
+        self.with_usage = with_usage
+
+    def piece(self, text: str, finish: str | None = None, **extra) -> str:
+        if self.chat:
+            choice: dict = {"delta": {"content": text} if text else {}}
+        else:
+            choice = {"text": text}
+        choice = {"index": 0, **choice, "logprobs": None, "finish_reason": finish}
+        return self._event({"choices": [choice], **extra})
+
+    def role(self) -> str:
+        choice = {"index": 0, "delta": {"role": "assistant", "content": ""}}
+        return self._event({"choices": [{**choice, "logprobs": None, "finish_reason": None}]})
+
+    def usage(self, result: Result) -> str:
+        return self._event({"choices": [], "usage": usage(result)}, final=True)
+
+    def _event(self, fields: dict, final: bool = False) -> str:
+        data = {**self.head, **fields}
+        if self.with_usage and not final:
+            data["usage"] = None
+        return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+async def _events(job: StreamJob, first: str, chunks: _Chunks):
+    """The server-sent events of one stream; reports delivery before the receipt is written."""
+    if chunks.chat:
+        yield chunks.role()
+    text = first
+    while True:
+        if text:
+            yield chunks.piece(text)
+        kind, text = await job.items.get()
+        if kind == "done":
+            return  # decoding failed mid-answer: the stream ends without [DONE]
+        if kind == "end":
+            break
+    job.report(True)  # resumed after the last content chunk was sent
+    _, result = await job.items.get()
+    if isinstance(result, BaseException):
+        return  # the receipt could not be written: the stream ends without [DONE]
+    yield chunks.piece("", result.finish_reason, kolm_receipt=result.receipt, kolm_path=result.path)
+    if chunks.with_usage:
+        yield chunks.usage(result)
+    yield "data: [DONE]\n\n"
 
 
 def _error(status: int, message: str, kind: str, code: str | None = None) -> JSONResponse:

@@ -21,14 +21,21 @@ from kolm.cli.common import (
 
 
 @cli.command("compile")
-@click.argument("spec", type=click.Path(path_type=Path))
+@click.argument("spec_or_task", metavar="SPEC | TASK")
+@click.option(
+    "--examples",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="One-command form: a folder of JSONL/CSV/TSV/text examples (and unlabeled/).",
+)
+@click.option("--base", help="One-command form: base model name or .gguf path.")
+@click.option("--name", help="One-command form: task name (default: the folder's name).")
 @click.option(
     "--out", "-o", type=click.Path(path_type=Path), help="Artifact to write (default: NAME.kolm)."
 )
 @click.option(
     "--work-dir",
     type=click.Path(path_type=Path),
-    help="Cache folder (default: .kolm-work/NAME beside the spec).",
+    help="Cache folder (default: .kolm-work/NAME beside the spec, or here for the one-liner).",
 )
 @click.option(
     "--no-embed-base", is_flag=True, help="Store only the base model's name, sha256 and size."
@@ -61,7 +68,10 @@ from kolm.cli.common import (
 )
 @quiet_option
 def compile_cmd(
-    spec: Path,
+    spec_or_task: str,
+    examples: Path | None,
+    base: str | None,
+    name: str | None,
     out: Path | None,
     work_dir: Path | None,
     no_embed_base: bool,
@@ -74,42 +84,106 @@ def compile_cmd(
     quantize: str | None,
     quiet: bool,
 ) -> None:
-    """Compile the task in SPEC (a kolm.yaml) into a signed .kolm file.
+    """Compile SPEC (a kolm.yaml) — or TASK, a description, with --examples DIR — into a
+    signed .kolm file.
 
-    Below the ship gate (K-score, see docs/k-score.md) it writes only the report
-    and exits 8, unless --force."""
-    from kolm.compiler import _stderr, compile_task
+    The one-command form reads DIR, says what it found and how it read each file,
+    writes the equivalent spec to WORK_DIR/spec/kolm.yaml (see `kolm init`) and
+    compiles that. Below the ship gate (K-score, see docs/k-score.md) it writes only
+    the report and exits 8, unless --force."""
+    from kolm.api import compile as compile_api
 
-    task = _load_task(spec, steps=steps, teacher=teacher, quantize=quantize)
-    out = out or Path(f"{task.name}.kolm")
     if remote:
-        from kolm.service.client import compile_remote
-
         local_only = {
             "--work-dir": work_dir,
             "--cache": cache_path,
             "--drift": drift_path,
-            "--teacher": teacher,
+            "--teacher": teacher if examples is None else None,  # the one-liner writes it
             "--no-embed-base": no_embed_base,
             "--quantize": quantize,
         }
         if any(local_only.values()):
             used = ", ".join(k for k, v in local_only.items() if v)
             raise click.UsageError(f"{used}: not with --remote (edit the spec instead)")
-        options = {"force": force, "steps": steps}
-        _print_compile_summary(compile_remote(remote, task, out, options, _stderr, not quiet))
-        return
-    result = compile_task(
-        task,
-        out,
+
+    if examples is None and not Path(spec_or_task).is_file():
+        raise click.UsageError(
+            f"spec file not found: {spec_or_task!r} (to compile from a task description, "
+            "give --examples DIR)"
+        )
+    if examples is None and (base or name):
+        raise click.UsageError("--base and --name are for the one-command form (--examples)")
+    result = compile_api(
+        spec_or_task,
+        examples=examples,
+        out=out,
+        name=name,
+        base=base,
+        teacher=teacher,
+        steps=steps,
+        quantize=quantize,
+        remote=remote,
         work_dir=work_dir,
         embed_base=not no_embed_base,
-        progress=not quiet,
-        cache_path=cache_path,
+        cache=cache_path,
         force=force,
-        extra_inputs=_drift_inputs(drift_path),
+        drift_inputs=_drift_inputs(drift_path),
+        progress=not quiet,
+        log=lambda m: click.echo(m, err=True),
     )
     _print_compile_summary(result)
+
+
+@cli.command("init")
+@click.argument(
+    "folder", default=".", type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@click.option("--task", "description", help="What the model should do (its instruction).")
+@click.option("--base", help="Base model name or .gguf path.")
+@click.option("--teacher", help="Teacher (provider:model) for the unlabeled inputs.")
+@click.option("--name", help="Task name (default: the folder's name).")
+@click.option(
+    "--spec-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=".",
+    show_default=True,
+    help="Where kolm.yaml and examples.jsonl are written.",
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing kolm.yaml.")
+def init_cmd(
+    folder: Path,
+    description: str | None,
+    base: str | None,
+    teacher: str | None,
+    name: str | None,
+    spec_dir: Path,
+    force: bool,
+) -> None:
+    """Write a commented kolm.yaml (and examples.jsonl) from the examples in FOLDER.
+
+    The same reading as `kolm compile "TASK" --examples FOLDER`: compiling the spec
+    written here gives the same artifact."""
+    from kolm.api import quick_spec
+    from kolm.quickstart import task_name
+
+    if (spec_dir / "kolm.yaml").exists() and not force:
+        raise click.UsageError(f"{spec_dir / 'kolm.yaml'} exists: pass --force to overwrite it")
+    spec = quick_spec(
+        description or PLACEHOLDER_TASK,
+        folder,
+        spec_dir,
+        name=name or task_name(folder.resolve().name),
+        base=base,
+        teacher=teacher,
+        log=click.echo,
+    )
+    click.echo(f"wrote {spec} and {spec.parent / 'examples.jsonl'}")
+    if description is None:
+        click.echo("edit its description (the instruction the model follows), then:")
+    click.echo(f"  kolm compile {spec}")
+
+
+PLACEHOLDER_TASK = "Describe the task here: the instruction the model follows."
 
 
 @cli.command("label")
@@ -174,33 +248,10 @@ def _drift_inputs(path: Path | None) -> list[str]:
     return DriftStore(path).inputs()
 
 
-def _load_task(
-    spec: Path,
-    steps: int | None = None,
-    teacher: str | None = None,
-    k: int | None = None,
-    min_agreement: float | None = None,
-    quantize: str | None = None,
-):
-    import dataclasses
+def _load_task(spec: Path, **overrides):
+    from kolm.api import load_task
 
-    from kolm.spec import TeacherConfig, load_spec
-
-    task = load_spec(spec)
-    if steps is not None:
-        task = dataclasses.replace(task, train=dataclasses.replace(task.train, steps=steps))
-    if teacher is not None:
-        base = task.teacher or TeacherConfig(model=teacher)
-        task = dataclasses.replace(task, teacher=dataclasses.replace(base, model=teacher))
-    if k is not None and task.teacher is not None:
-        task = dataclasses.replace(task, teacher=dataclasses.replace(task.teacher, k=k))
-    if min_agreement is not None and task.teacher is not None:
-        task = dataclasses.replace(
-            task, teacher=dataclasses.replace(task.teacher, min_agreement=min_agreement)
-        )
-    if quantize is not None:
-        task = dataclasses.replace(task, quantize=quantize)
-    return task
+    return load_task(spec, **overrides)
 
 
 def _distill_rows(d: dict) -> list[tuple[str, str]]:

@@ -11,11 +11,13 @@ top_k=1, so the answer is byte-identical with and without the pack.
 
 It knows llama-cpp-python's low-level batch API and the pack's lookup; it knows
 nothing of prompts, artifacts or verifiers (the caller hands it token ids).
+`on_text`, when given, sees the settled text after every step (what no later
+token or stop text can change), for streaming; it cannot change the answer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from kolm.decompose.mine import MAX_DRAFT, chain
@@ -76,12 +78,15 @@ def decode(
     pieces: Pieces | None = None,
     source: bytes = b"",
     constraint=None,
+    on_text: Callable[[bytes], None] | None = None,
 ) -> Decoded:
     """Greedy answer to `prompt`, reusing whatever prefix of it llm's KV cache holds.
 
     `source` is the input's text, which a pack that copies inputs drafts from.
     `constraint` (a `grammar.Constraint`) limits each step to what the grammar allows;
-    drafts are then checked against the constrained choice."""
+    drafts are then checked against the constrained choice.
+    `on_text(settled)` is called after each step with the answer's bytes so far, minus
+    any tail that could still become a stop text."""
     pieces = pieces or Pieces(llm)
     tokenize = pieces.tokenize
     if constraint is not None:
@@ -95,6 +100,8 @@ def decode(
         if pack is not None and room > 0:
             draft = chain(pack, s.out, s.text, pieces, room, source, tokenize)
         pending = s.step(pending, draft)
+        if on_text is not None:
+            on_text(s.settled())
     return Decoded(
         s.out, s.final_text(), s.finish, s.margins, s.generated, s.drafted, s.proposed, s.steps
     )
@@ -197,6 +204,21 @@ class _State:
             self.multibyte -= 1
             return True
         return False
+
+    def settled(self) -> bytes:
+        """The text so far that is sure to be in the answer: cut at a stop text, or before
+        a tail that is the start of one."""
+        if self.finish is not None:
+            return self.final_text()
+        text, end = self.text, len(self.text)
+        for s in self.stop_texts:
+            if s in text:
+                end = min(end, text.index(s))
+            for n in range(min(len(s) - 1, len(text)), 0, -1):
+                if text.endswith(s[:n]):
+                    end = min(end, len(text) - n)
+                    break
+        return text[:end]
 
     def final_text(self) -> bytes:
         return self.text if self.cut is None else self.text[: self.cut]
