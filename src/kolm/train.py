@@ -5,10 +5,12 @@ trains on (prompt, answer) pairs with the loss on the answer tokens only. A
 checkpoint is written every few steps so an interrupted compile resumes. This
 module knows PyTorch and PEFT; it knows nothing of llama.cpp or the artifact.
 
-Two things keep CPU training cheap without changing what is learned: batches are
-built from examples of similar length (so few pad tokens are computed), and the
-output layer (a 49k-word vocabulary for SmolLM2) runs only at the answer positions
-that carry a loss, not at every prompt position.
+Three things keep CPU training cheap without changing what is learned: batches are
+built from examples of similar length (so few pad tokens are computed), the
+instruction every prompt opens with runs once per batch instead of once per row
+(its keys/values shared, gradients flowing through it), and the output layer (a
+49k-word vocabulary for SmolLM2) runs only at the answer positions that carry a
+loss, not at every prompt position.
 """
 
 from __future__ import annotations
@@ -270,21 +272,51 @@ def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
-def answer_loss(model, ids, mask, labels):
-    """Mean next-token loss over the answer tokens, computing logits only where a label is.
+SHARED_PREFIX_ARCHS = {"llama"}
+"""Model types whose shared-prefix path is tested equal to the plain forward pass."""
+MIN_SHARED_PREFIX = 8
 
-    Equal to the model's own loss (mean over labelled positions) but skips the output
-    layer at every prompt position."""
+
+def answer_loss(model, ids, mask, labels):
+    """Mean next-token loss over the answer tokens; the same value and gradients as the
+    model's own loss, computed with less work.
+
+    The output layer runs only where a label is, not at every prompt position. When the
+    rows of a batch open with the same tokens (the instruction every prompt starts with),
+    that prefix runs once, not once per row, and its keys/values are shared by the rows."""
     import torch.nn.functional as F
 
     inner = model.get_base_model()
     if getattr(inner.config, "final_logit_softcapping", None):
         return _full_loss(model, ids, mask, labels)
-    hidden = inner.model(input_ids=ids, attention_mask=mask).last_hidden_state
     target = labels[:, 1:]
     keep = target != -100
+    start = shared_prefix(ids, labels) if inner.config.model_type in SHARED_PREFIX_ARCHS else 0
+    if start >= MIN_SHARED_PREFIX:
+        hidden = _hidden_after_prefix(inner.model, ids, mask, start)
+    else:
+        start, hidden = 0, inner.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    keep = keep[:, start:]
     logits = inner.lm_head(hidden[:, :-1][keep])
-    return F.cross_entropy(logits.float(), target[keep])
+    return F.cross_entropy(logits.float(), target[:, start:][keep])
+
+
+def shared_prefix(ids, labels) -> int:
+    """Leading positions every row shares whose outputs no loss needs (before the last
+    prompt token of the shortest prompt)."""
+    same = (ids == ids[:1]).all(dim=0).long().cumprod(dim=0).sum().item()
+    first_label = (labels != -100).long().argmax(dim=1).min().item()
+    return int(min(same, first_label - 1))
+
+
+def _hidden_after_prefix(body, ids, mask, start: int):
+    """Hidden states of positions start.. with the shared prefix run once (batch 1) and its
+    key/value cache repeated over the batch; autograd flows through the shared prefix."""
+    prefix = body(input_ids=ids[:1, :start], attention_mask=mask[:1, :start], use_cache=True)
+    cache = prefix.past_key_values
+    cache.batch_repeat_interleave(ids.shape[0])
+    out = body(input_ids=ids[:, start:], attention_mask=mask, past_key_values=cache, use_cache=True)
+    return out.last_hidden_state
 
 
 def _full_loss(model, ids, mask, labels):
