@@ -16,6 +16,7 @@ artifact or the compile order.
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -97,8 +98,6 @@ def align(
     trainer, hyper = _trainer(cfg, model, tok, rows, folder, steps, progress)
     _silence(trainer, progress)
     ckpt = _latest_checkpoint(folder)
-    import time
-
     t = time.perf_counter()
     out = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     model.eval()
