@@ -277,6 +277,9 @@ def _latest_checkpoint(folder: Path) -> Path | None:
 
 
 def _quiet() -> None:
+    import os
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # ORPO/CPO live in trl.experimental
     for name in ("trl", "transformers", "datasets", "accelerate"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning, module="trl")
