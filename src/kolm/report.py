@@ -125,6 +125,7 @@ def _sections(m: dict, details: dict) -> list[tuple[str, list[str], list[list[st
         ["llama.cpp / PyTorch agreement", _pct(met["llamacpp_torch_agreement"])],
         ["held-out examples", str(met["heldout_examples"])],
         ["teacher baseline", t["note"]],
+        *_train_rows(met.get("train", {})),
     ]
     econ = m["economics"]
     be = break_even_calls(econ)
@@ -205,6 +206,28 @@ def _sections(m: dict, details: dict) -> list[tuple[str, list[str], list[list[st
             )
         )
     return sections
+
+
+def _train_rows(t: dict) -> list[list[str]]:
+    """How the student was trained: method, throughput, the preference stage's settings."""
+    rows = [["training method", t.get("method", "sft")]]
+    if "tokens_per_second" in t:
+        rows.append(
+            ["SFT tokens/s", f"{t['tokens_per_second']:.0f} ({t.get('threads', '?')} threads)"]
+        )
+    pref = t.get("preference")
+    if pref:
+        keys = (
+            "pairs",
+            "pairs_by_source",
+            "steps",
+            "learning_rate",
+            "beta",
+            "loss_type",
+            "skipped",
+        )
+        rows.append(["preference stage", ", ".join(f"{k} {pref[k]}" for k in keys if k in pref)])
+    return rows
 
 
 def _pct(x) -> str:

@@ -20,6 +20,10 @@ from kolm.errors import SpecError
 DEFAULT_BASE = "smollm2-135m-instruct"
 QUANTIZE_CHOICES = ("adapter", "f16", "q8_0", "q4_0", "q4_k")
 """`adapter`, or the merged precisions `merge` builds."""
+TRAIN_METHODS = ("sft", "dpo", "orpo", "kto", "simpo")
+"""`train.method`: SFT alone, or SFT then a preference stage (kolm.align)."""
+PREFERENCE_FIELDS = ("method", "preference_steps", "preference_learning_rate", "beta")
+"""TrainConfig fields the SFT stage does not depend on (its cache key leaves them out)."""
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -51,9 +55,27 @@ class TrainConfig:
     """`auto` (CUDA when present, else CPU), `cpu` or `cuda`."""
     threads: int = 0
     """CPU threads for torch; 0 uses every core."""
+    method: str = "sft"
+    """`sft`, or SFT then a preference stage on rejected answers: `dpo`, `orpo`, `kto`,
+    `simpo` (TRL's trainers; see docs/benchmarks.md for how they compare here)."""
+    preference_steps: int = 40
+    """Optimizer steps of the preference stage (ignored for `sft`)."""
+    preference_learning_rate: float = 2e-4
+    """Peak learning rate of the preference stage."""
+    beta: float = 0.1
+    """Preference strength (DPO/KTO: KL penalty; ORPO: odds-ratio weight; SimPO: reward scale)."""
 
     def check(self) -> list[str]:
         problems = []
+        if self.method not in TRAIN_METHODS:
+            problems.append(f"train.method must be one of {', '.join(TRAIN_METHODS)}")
+        if self.preference_steps < 1 or not 0 < self.preference_learning_rate < 1:
+            problems.append(
+                "train.preference_steps must be at least 1 and "
+                "train.preference_learning_rate between 0 and 1"
+            )
+        if self.beta <= 0:
+            problems.append("train.beta must be positive")
         if self.steps is not None and self.steps < 1:
             problems.append("train.steps must be at least 1")
         if self.epochs <= 0:
@@ -279,6 +301,9 @@ class TaskSpec:
     quantize: str = "adapter"
     """Precision of the shipped model: `adapter` (the base as shipped + a separate LoRA
     adapter), or the adapter merged into one model at `f16`, `q8_0`, `q4_0` or `q4_k`."""
+    ladder: tuple[str, ...] = ()
+    """With `base: auto`, bases (names or .gguf paths, smallest first) tried after the
+    registered ladder when every earlier rung fails the gate (see kolm.ladder)."""
     spec_path: Path | None = None
     """Where the spec was read from (set by `load_spec`)."""
 

@@ -4,6 +4,13 @@ transformers reads the base GGUF (`gguf_file=`) and dequantizes it; the adapter
 trains on (prompt, answer) pairs with the loss on the answer tokens only. A
 checkpoint is written every few steps so an interrupted compile resumes. This
 module knows PyTorch and PEFT; it knows nothing of llama.cpp or the artifact.
+
+Three things keep CPU training cheap without changing what is learned: batches are
+built from examples of similar length (so few pad tokens are computed), the
+instruction every prompt opens with runs once per batch instead of once per row
+(its keys/values shared, gradients flowing through it), and the output layer (a
+49k-word vocabulary for SmolLM2) runs only at the answer positions that carry a
+loss, not at every prompt position.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from kolm.prompt import PromptFormat, Tokenize, token_ids
 from kolm.spec import TrainConfig
 
 CHECKPOINT_EVERY = 20
+BUCKET_BATCHES = 8
+"""Length bucketing sorts this many batches' worth of shuffled examples at a time."""
 
 
 @dataclass
@@ -44,6 +53,9 @@ class TrainResult:
     device: str
     truncated: int
     resumed_from: int
+    padded_share: float = 0.0
+    """Share of the computed token positions that were padding."""
+    threads: int = 0
 
 
 def pick_device(setting: str) -> str:
@@ -75,6 +87,7 @@ def load_base(gguf: Path, device: str = "cpu"):
         raise TrainingError(f"transformers could not load {gguf}: {e}") from None
     # transformers marks GGUF-loaded models as quantized, but the weights are plain fp32.
     model.hf_quantizer = None
+    model.is_quantized = False  # or transformers' Trainer (TRL) refuses to train it
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     if tok.pad_token_id is None:
@@ -145,13 +158,74 @@ def train_lora(
 
     `contexts[i]` are the retrieved chunks that ground example i's prompt."""
     import torch
-    from peft import LoraConfig, get_peft_model
 
+    (data, truncated), tok, model, device = _setup(
+        base_gguf, fmt, instruction, examples, cfg, contexts
+    )
+    steps = count_steps(cfg, len(data))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(steps))
+    start = _resume(checkpoint_dir, model, opt, sched)
+    lengths = [len(x.ids) for x in data]
+    batches = _bucketed_batches(lengths, cfg.batch_size, steps, cfg.seed)
+    losses, n_tokens, n_padded, t0 = [], 0, 0, time.perf_counter()
+    model.train()
+    bar = _bar(steps, start, progress)
+    for step in range(start, steps):
+        ids, mask, labels = _collate([data[i] for i in batches[step]], tok.pad_token_id, device)
+        loss = answer_loss(model, ids, mask, labels)
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"loss became {loss.item()} at step {step + 1}", hint="lower train.learning_rate"
+            )
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        n_tokens += int(mask.sum())
+        n_padded += mask.numel()
+        bar.update(1)
+        bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
+        emit("train", step=step + 1, steps=steps, loss=round(losses[-1], 4))
+        if checkpoint_dir and (step + 1) % CHECKPOINT_EVERY == 0 and step + 1 < steps:
+            _save_checkpoint(checkpoint_dir, model, opt, sched, step + 1)
+    bar.close()
+    model.eval()
+    secs = time.perf_counter() - t0
+    return TrainResult(
+        model,
+        tok,
+        losses,
+        steps,
+        secs,
+        n_tokens / max(secs, 1e-9),
+        device,
+        truncated,
+        start,
+        padded_share=1 - n_tokens / max(n_padded, 1),
+        threads=torch.get_num_threads(),
+    )
+
+
+def _setup(base_gguf, fmt, instruction, examples, cfg: TrainConfig, contexts):
+    """Threads, seed, base + fresh LoRA, encoded data: everything before the first step."""
     warnings.filterwarnings(
         "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
     )
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    model, tok, device = lora_model(base_gguf, cfg)
+    data = encode(tok, fmt, instruction, examples, cfg.max_seq_len, contexts)
+    return data, tok, model, device
+
+
+def lora_model(base_gguf: Path, cfg: TrainConfig):
+    """Threads and seed set; the base with a fresh LoRA; (model, tokenizer, device)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.set_num_threads(cfg.threads or default_threads())
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model, tok = load_base(base_gguf, device)
@@ -166,41 +240,89 @@ def train_lora(
             task_type="CAUSAL_LM",
         ),
     )
-    data, truncated = encode(tok, fmt, instruction, examples, cfg.max_seq_len, contexts)
-    steps = count_steps(cfg, len(data))
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(steps))
-    start = _resume(checkpoint_dir, model, opt, sched)
-    batches = _batches(len(data), cfg.batch_size, steps, cfg.seed)
-    losses, n_tokens, t0 = [], 0, time.perf_counter()
-    model.train()
-    bar = _bar(steps, start, progress)
-    for step in range(start, steps):
-        ids, mask, labels = _collate([data[i] for i in batches[step]], tok.pad_token_id, device)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        if not torch.isfinite(loss):
-            raise TrainingError(
-                f"loss became {loss.item()} at step {step + 1}", hint="lower train.learning_rate"
-            )
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        n_tokens += int(mask.sum())
-        bar.update(1)
-        bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
-        emit("train", step=step + 1, steps=steps, loss=round(losses[-1], 4))
-        if checkpoint_dir and (step + 1) % CHECKPOINT_EVERY == 0 and step + 1 < steps:
-            _save_checkpoint(checkpoint_dir, model, opt, sched, step + 1)
-    bar.close()
-    model.eval()
-    secs = time.perf_counter() - t0
-    return TrainResult(
-        model, tok, losses, steps, secs, n_tokens / max(secs, 1e-9), device, truncated, start
-    )
+    return model, tok, device
+
+
+def save_adapter_state(model, path: Path) -> None:
+    """The trained LoRA weights (PEFT state dict), for a later stage to continue from."""
+    import torch
+    from peft import get_peft_model_state_dict
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        torch.save(get_peft_model_state_dict(model), path)
+
+
+def load_adapter(base_gguf: Path, cfg: TrainConfig, path: Path):
+    """The base with the LoRA saved by `save_adapter_state`; (model, tokenizer)."""
+    import torch
+    from peft import set_peft_model_state_dict
+
+    if not path.is_file():
+        raise TrainingError(
+            f"the SFT adapter state {path} is missing", hint="delete the work folder and recompile"
+        )
+    model, tok, _ = lora_model(base_gguf, cfg)
+    set_peft_model_state_dict(model, torch.load(path, weights_only=True))
+    return model, tok
+
+
+def default_threads() -> int:
+    """torch threads when train.threads is 0: every core (see docs/benchmarks.md)."""
+    import os
+
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+SHARED_PREFIX_ARCHS = {"llama"}
+"""Model types whose shared-prefix path is tested equal to the plain forward pass."""
+MIN_SHARED_PREFIX = 8
+
+
+def answer_loss(model, ids, mask, labels):
+    """Mean next-token loss over the answer tokens; the same value and gradients as the
+    model's own loss, computed with less work.
+
+    The output layer runs only where a label is, not at every prompt position. When the
+    rows of a batch open with the same tokens (the instruction every prompt starts with),
+    that prefix runs once, not once per row, and its keys/values are shared by the rows."""
+    import torch.nn.functional as F
+
+    inner = model.get_base_model()
+    if getattr(inner.config, "final_logit_softcapping", None):
+        return _full_loss(model, ids, mask, labels)
+    target = labels[:, 1:]
+    keep = target != -100
+    start = shared_prefix(ids, labels) if inner.config.model_type in SHARED_PREFIX_ARCHS else 0
+    if start >= MIN_SHARED_PREFIX:
+        hidden = _hidden_after_prefix(inner.model, ids, mask, start)
+    else:
+        start, hidden = 0, inner.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    keep = keep[:, start:]
+    logits = inner.lm_head(hidden[:, :-1][keep])
+    return F.cross_entropy(logits.float(), target[:, start:][keep])
+
+
+def shared_prefix(ids, labels) -> int:
+    """Leading positions every row shares whose outputs no loss needs (before the last
+    prompt token of the shortest prompt)."""
+    same = (ids == ids[:1]).all(dim=0).long().cumprod(dim=0).sum().item()
+    first_label = (labels != -100).long().argmax(dim=1).min().item()
+    return int(min(same, first_label - 1))
+
+
+def _hidden_after_prefix(body, ids, mask, start: int):
+    """Hidden states of positions start.. with the shared prefix run once (batch 1) and its
+    key/value cache repeated over the batch; autograd flows through the shared prefix."""
+    prefix = body(input_ids=ids[:1, :start], attention_mask=mask[:1, :start], use_cache=True)
+    cache = prefix.past_key_values
+    cache.batch_repeat_interleave(ids.shape[0])
+    out = body(input_ids=ids[:, start:], attention_mask=mask, past_key_values=cache, use_cache=True)
+    return out.last_hidden_state
+
+
+def _full_loss(model, ids, mask, labels):
+    return model(input_ids=ids, attention_mask=mask, labels=labels).loss
 
 
 def greedy_outputs(
@@ -266,6 +388,25 @@ def _batches(n: int, size: int, steps: int, seed: int) -> list[list[int]]:
         out.append(order[:size])
         order = order[size:]
     return out
+
+
+def _bucketed_batches(lengths: list[int], size: int, steps: int, seed: int) -> list[list[int]]:
+    """Batches of similar length: each epoch is shuffled, cut into windows of BUCKET_BATCHES
+    batches, each window sorted by length and cut into batches, and the batches shuffled.
+    An epoch's last batch may be short; no batch holds an example twice."""
+    rng = random.Random(seed)
+    out: list[list[int]] = []
+    window = size * BUCKET_BATCHES
+    while len(out) < steps:
+        order = list(range(len(lengths)))
+        rng.shuffle(order)
+        epoch = []
+        for w in range(0, len(order), window):
+            chunk = sorted(order[w : w + window], key=lambda i: lengths[i])
+            epoch += [chunk[i : i + size] for i in range(0, len(chunk), size)]
+        rng.shuffle(epoch)
+        out += epoch
+    return out[:steps]
 
 
 def _collate(items: list[Encoded], pad_id: int, device: str):

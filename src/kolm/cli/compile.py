@@ -294,6 +294,20 @@ def _corpus_rows(r: dict | None) -> list[tuple[str, str]]:
     return rows
 
 
+def _train_rows(t: dict) -> list[tuple[str, str]]:
+    """Training throughput, and the preference stage when there was one."""
+    rows = []
+    if "tokens_per_second" in t:
+        rows.append(
+            ("train tokens/s", f"{t['tokens_per_second']:.0f} ({t.get('threads', '?')} threads)")
+        )
+    pref = t.get("preference")
+    if pref:
+        done = pref.get("skipped") or f"{pref['steps']} steps on {pref['pairs']} pairs"
+        rows.append((f"preference stage ({pref['method']})", done))
+    return rows
+
+
 def _print_compile_summary(result) -> None:
     m = result.manifest["metrics"]
     size = result.artifact.stat().st_size
@@ -323,6 +337,7 @@ def _print_compile_summary(result) -> None:
             f"{m['train']['steps']} / {m['train']['final_loss']}"
             + (" (cached)" if result.cached_training else ""),
         ),
+        *_train_rows(m["train"]),
         (
             "time " + "/".join(result.timings),
             " / ".join(f"{v:.0f}s" for v in result.timings.values()),

@@ -1,0 +1,290 @@
+"""Align: a preference stage after SFT, with TRL's trainers (DPO, ORPO, KTO, SimPO).
+
+The stage continues the SFT LoRA on (prompt, chosen, rejected) pairs: the teacher's
+verifier-rejected and outvoted samples (`preferences.jsonl`) and on-policy pairs (the
+SFT student's own wrong answers on training inputs against the accepted answer).
+Every prompt is tokenized by `train.encode`, exactly as SFT and the runtime build it,
+and handed to TRL already tokenized, so TRL never re-tokenizes text (a user's text that
+spells a control token stays plain text). DPO and KTO measure drift against the SFT
+adapter itself (TRL copies it into a frozen `ref` adapter); ORPO and SimPO need no
+reference.
+
+This module knows TRL and the pair formats; it knows nothing of llama.cpp, the
+artifact or the compile order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from kolm.data import Example
+from kolm.errors import TrainingError
+from kolm.prompt import PromptFormat
+from kolm.spec import TRAIN_METHODS as METHODS
+from kolm.spec import TrainConfig
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One preference: for this input, `chosen` is better than `rejected`."""
+
+    input: str
+    chosen: str
+    rejected: str
+    source: str
+    """`teacher` (a rejected or outvoted sample) or `student` (the SFT student's answer)."""
+
+
+@dataclass
+class AlignResult:
+    """How the preference stage went (the model is trained in place)."""
+
+    method: str
+    pairs: int
+    pairs_by_source: dict[str, int]
+    steps: int
+    seconds: float
+    final_loss: float | None
+    hyper: dict
+    resumed_from: int = 0
+
+
+def teacher_pairs(rows: Sequence[dict]) -> list[Pair]:
+    """Pairs from `DistillReport.preference_pairs()` rows."""
+    return [
+        Pair(r["input"], r["chosen"], r["rejected"], "teacher")
+        for r in rows
+        if r["chosen"] != r["rejected"]
+    ]
+
+
+def student_pairs(model, tok, fmt, instruction, examples, normalize, contexts=None, max_new=16):
+    """On-policy pairs: the SFT student's greedy answers that differ from the accepted one."""
+    from kolm.train import greedy_outputs, prompt_ids
+
+    prompts = prompt_ids(tok, fmt, instruction, [e.input for e in examples], contexts)
+    answers = greedy_outputs(model, tok, prompts, max_new)
+    return [
+        Pair(e.input, e.output, a, "student")
+        for e, a in zip(examples, answers, strict=True)
+        if normalize(a) != normalize(e.output)
+    ]
+
+
+def align(
+    model,
+    tok,
+    fmt: PromptFormat,
+    instruction: str,
+    pairs: Sequence[Pair],
+    cfg: TrainConfig,
+    folder: Path,
+    progress: bool = True,
+    contexts: dict[str, Sequence[str]] | None = None,
+) -> AlignResult:
+    """Run `cfg.method`'s TRL trainer on `pairs`, continuing the PEFT `model` in place.
+
+    Checkpoints go to `folder` every 20 steps; a rerun resumes from the latest."""
+    if cfg.method not in METHODS or cfg.method == "sft":
+        raise TrainingError(f"train.method {cfg.method!r} has no preference stage")
+    _quiet()
+    rows = _tokenized(tok, fmt, instruction, pairs, cfg, contexts)
+    steps = cfg.preference_steps
+    trainer, hyper = _trainer(cfg, model, tok, rows, folder, steps, progress)
+    _silence(trainer, progress)
+    ckpt = _latest_checkpoint(folder)
+    t = time.perf_counter()
+    out = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    model.eval()
+    losses = [x["loss"] for x in trainer.state.log_history if "loss" in x]
+    counts: dict[str, int] = {}
+    for p in pairs:
+        counts[p.source] = counts.get(p.source, 0) + 1
+    return AlignResult(
+        cfg.method,
+        len(pairs),
+        counts,
+        int(out.global_step),
+        time.perf_counter() - t,
+        round(losses[-1], 4) if losses else None,
+        hyper,
+        int(ckpt.name.split("-")[-1]) if ckpt else 0,
+    )
+
+
+def _tokenized(tok, fmt, instruction, pairs, cfg: TrainConfig, contexts) -> list[dict]:
+    """prompt/chosen/rejected token ids, prompts built and cut exactly as SFT builds them."""
+    from kolm.train import encode
+
+    ctx = [contexts.get(p.input, ()) for p in pairs] if contexts else None
+    chosen, _ = encode(
+        tok, fmt, instruction, [Example(p.input, p.chosen) for p in pairs], cfg.max_seq_len, ctx
+    )
+    rejected, _ = encode(
+        tok, fmt, instruction, [Example(p.input, p.rejected) for p in pairs], cfg.max_seq_len, ctx
+    )
+    rows = []
+    for c, r in zip(chosen, rejected, strict=True):
+        prompt = c.ids[: c.n_prompt]
+        rows.append(
+            {
+                "prompt_ids": prompt,
+                "chosen_ids": c.ids[c.n_prompt :],
+                "rejected_ids": r.ids[r.n_prompt :][: cfg.max_seq_len - len(prompt)],
+            }
+        )
+    return rows
+
+
+def _common_args(cfg: TrainConfig, folder: Path, steps: int, progress: bool) -> dict:
+    return {
+        "output_dir": str(folder),
+        "max_steps": steps,
+        "per_device_train_batch_size": cfg.batch_size,
+        "learning_rate": cfg.preference_learning_rate,
+        "lr_scheduler_type": "linear",
+        "warmup_steps": max(1, steps // 10),
+        "max_grad_norm": 1.0,
+        "weight_decay": 0.0,
+        "logging_steps": 1,
+        "save_strategy": "steps",
+        "save_steps": 20,
+        "save_total_limit": 1,
+        "report_to": [],
+        "use_cpu": True,
+        "seed": cfg.seed,
+        "data_seed": cfg.seed,
+        "disable_tqdm": not progress,
+        "dataloader_num_workers": 0,
+        "remove_unused_columns": False,
+        "bf16": False,
+        "fp16": False,
+        "max_length": cfg.max_seq_len,
+    }
+
+
+def _trainer(cfg: TrainConfig, model, tok, rows, folder, steps, progress):
+    """The TRL trainer for `cfg.method`, over already-tokenized rows, and its hyper-parameters."""
+    from datasets import Dataset
+
+    common = _common_args(cfg, folder, steps, progress)
+    hyper = {
+        "method": cfg.method,
+        "steps": steps,
+        "learning_rate": cfg.preference_learning_rate,
+        "beta": cfg.beta,
+        "batch_size": cfg.batch_size,
+    }
+    if cfg.method == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        cls = _pretokenized(DPOTrainer)
+        args = DPOConfig(**common, beta=cfg.beta, loss_type=["sigmoid"])
+        return cls(
+            model, None, args, train_dataset=Dataset.from_list(rows), processing_class=tok
+        ), hyper
+    if cfg.method == "kto":
+        from trl import KTOConfig, KTOTrainer
+
+        cls = _pretokenized(KTOTrainer)
+        unpaired = [
+            {"prompt_ids": r["prompt_ids"], "completion_ids": r[k], "label": k == "chosen_ids"}
+            for r in rows
+            for k in ("chosen_ids", "rejected_ids")
+        ]
+        args = KTOConfig(**common, beta=cfg.beta)
+        data = Dataset.from_list(unpaired)
+        return cls(model, None, args, train_dataset=data, processing_class=tok), hyper
+    if cfg.method == "orpo":
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+        args = ORPOConfig(**common, beta=cfg.beta)
+        return _rowwise(ORPOTrainer)(model, args, Dataset.from_list(rows), tok), hyper
+    from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+    args = CPOConfig(**common, beta=cfg.beta, loss_type="simpo", cpo_alpha=0.0)
+    hyper |= {"loss_type": "simpo", "simpo_gamma": args.simpo_gamma}
+    return _rowwise(CPOTrainer)(model, args, Dataset.from_list(rows), tok), hyper
+
+
+def _pretokenized(cls):
+    """A DPO/KTO trainer subclass that takes the dataset as already tokenized."""
+
+    class Pretokenized(cls):
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            if getattr(self, "calculate_KL", False):  # KTO's mismatched pairs, as TRL builds them
+                size = args.per_device_train_batch_size
+
+                def rotate(batch):
+                    ids = batch["completion_ids"]
+                    batch["KL_completion_ids"] = [ids[-1]] + ids[:-1]
+                    return batch
+
+                dataset = dataset.map(rotate, batched=True, batch_size=size)
+            return dataset
+
+    return Pretokenized
+
+
+def _rowwise(cls):
+    """A CPO/ORPO trainer subclass whose `tokenize_row` reads the ids already in the row."""
+
+    class Pretokenized(cls):
+        def __init__(self, model, args, dataset, tok):
+            super().__init__(model=model, args=args, train_dataset=dataset, processing_class=tok)
+
+        def tokenize_row(self, feature, model=None) -> dict:
+            prompt = list(feature["prompt_ids"])
+            batch = {"prompt_input_ids": prompt, "prompt_attention_mask": [1] * len(prompt)}
+            for k in ("chosen", "rejected"):
+                ids = prompt + list(feature[f"{k}_ids"])
+                batch[f"{k}_input_ids"] = ids
+                batch[f"{k}_attention_mask"] = [1] * len(ids)
+                batch[f"{k}_labels"] = [-100] * len(prompt) + ids[len(prompt) :]
+            return batch
+
+    return Pretokenized
+
+
+def _silence(trainer, progress: bool) -> None:
+    """No per-step log dicts on stdout; a progress bar only when asked for."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    if progress:
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(_bar_callback())
+
+
+def _bar_callback():
+    from transformers.trainer_callback import ProgressCallback
+
+    class Bar(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            pass  # the bar only; the losses stay in the trainer's log history
+
+    return Bar()
+
+
+def _latest_checkpoint(folder: Path) -> Path | None:
+    found = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return found[-1] if found else None
+
+
+def _quiet() -> None:
+    import os
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # ORPO/CPO live in trl.experimental
+    for name in ("trl", "transformers", "datasets", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning, module="trl")
+    warnings.filterwarnings("ignore", message="Could not find a config file", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()

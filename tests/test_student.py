@@ -1,0 +1,188 @@
+"""The student's training: the cheaper loss is the same loss, bucketing, preference stages."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from kolm.artifact import open_artifact
+from kolm.compiler import compile_task
+from kolm.spec import load_spec
+from kolm.train import _batches, _bucketed_batches
+
+from .toy import write_toy_task
+
+
+def test_bucketed_batches_cover_every_example_once_per_window_and_pad_less():
+    lengths = [(i * 37) % 50 + 10 for i in range(200)]
+    size = 8
+    steps = 50
+    bucketed = _bucketed_batches(lengths, size, steps, seed=3)
+    assert bucketed == _bucketed_batches(lengths, size, steps, seed=3)  # resume needs this
+    assert len(bucketed) == steps and all(len(b) == size for b in bucketed)
+    window = bucketed[:8]  # the first window: 64 distinct examples
+    assert len({i for b in window for i in b}) == 64
+
+    def padded(batches):
+        return sum(size * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in batches)
+
+    assert padded(bucketed) < padded(_batches(len(lengths), size, steps, 3)) / 3
+
+
+def test_bucketed_batches_never_repeat_an_example_within_a_batch_on_small_data():
+    batches = _bucketed_batches([5, 9, 7, 3, 8, 2, 6, 4, 1, 10], 4, 12, seed=0)
+    assert all(len(set(b)) == len(b) for b in batches)
+
+
+def test_the_cheaper_loss_has_the_same_value_and_gradients_as_the_full_model():
+    import torch
+
+    from kolm.basemodel import resolve
+    from kolm.data import Example
+    from kolm.prompt import format_from_gguf
+    from kolm.spec import TrainConfig
+    from kolm.train import (
+        MIN_SHARED_PREFIX,
+        _collate,
+        _full_loss,
+        _setup,
+        answer_loss,
+        shared_prefix,
+    )
+
+    from .toy import INSTRUCTION, toy_examples
+
+    base = resolve("smollm2-135m-instruct")
+    rows = [Example(r["input"], r["output"]) for r in toy_examples()[::7]]
+    cfg = TrainConfig(threads=1)
+    fmt = format_from_gguf(base.gguf)
+    (data, _), tok, model, dev = _setup(base.gguf, fmt, INSTRUCTION, rows, cfg, None)
+    torch.manual_seed(1)
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.data.normal_(0, 0.02)  # a non-zero adapter, so the LoRA path matters
+    ids, mask, labels = _collate(data, tok.pad_token_id, dev)
+    assert mask.sum() < mask.numel()  # the batch really has padding
+    assert shared_prefix(ids, labels) >= MIN_SHARED_PREFIX  # the instruction is shared
+    found = []
+    for fn in (_full_loss, answer_loss):
+        loss = fn(model, ids, mask, labels)
+        loss.backward()
+        found.append((loss.item(), [p.grad.clone() for p in params]))
+        for p in params:
+            p.grad = None
+    (full, g_full), (fast, g_fast) = found
+    assert abs(fast - full) < 1e-5
+    assert max((a - b).abs().max().item() for a, b in zip(g_full, g_fast, strict=True)) < 1e-4
+
+
+def _compile_method(tmp_path, method: str, sft_steps: int = 6, pref_steps: int = 3):
+    spec_path = write_toy_task(tmp_path / "task", steps=sft_steps)
+    spec = load_spec(spec_path)
+    train = dataclasses.replace(
+        spec.train,
+        method=method,
+        preference_steps=pref_steps,
+        threads=1,
+        preference_learning_rate=1e-4,
+    )
+    spec = dataclasses.replace(spec, train=train)
+    lines: list[str] = []
+    out = tmp_path / f"{method}.kolm"
+    result = compile_task(
+        spec, out, progress=False, log=lines.append, force=True, work_dir=tmp_path / "work"
+    )
+    return result, lines
+
+
+def _check_aligned(result, method: str, pref_steps: int = 3) -> None:
+    train = result.manifest["metrics"]["train"]
+    assert train["method"] == method
+    pref = train["preference"]
+    assert pref["method"] == method and pref["steps"] == pref_steps and pref["pairs"] > 0
+    assert pref["pairs_by_source"]["student"] > 0
+    # the shipped adapter is the preference-trained one, and llama.cpp ran it
+    art = open_artifact(result.artifact)
+    assert art.manifest["metrics"]["llamacpp_torch_agreement"] >= 0.5
+    assert result.manifest["metrics"]["student"]["accuracy"] is not None
+
+
+def test_dpo_stage_continues_the_sft_adapter_and_ships_a_gguf_llama_cpp_runs(tmp_path):
+    result, lines = _compile_method(tmp_path, "dpo")
+    _check_aligned(result, "dpo")
+    assert any("dpo:" in line and "preference pairs" in line for line in lines)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["orpo", "kto", "simpo"])
+def test_each_preference_method_runs_end_to_end(tmp_path, method):
+    result, _ = _compile_method(tmp_path, method)
+    _check_aligned(result, method)
+    if method == "simpo":
+        assert result.manifest["metrics"]["train"]["preference"]["loss_type"] == "simpo"
+
+
+def test_a_preference_stage_with_no_pairs_is_skipped_with_a_clear_line(compiled):
+    spec = compiled["spec"]
+    spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, method="orpo"))
+    lines: list[str] = []
+    out = compiled["root"] / "orpo.kolm"
+    result = compile_task(spec, out, progress=False, log=lines.append)
+    assert result.cached_training  # the SFT stage's cache key leaves train.method out
+    skipped = [line for line in lines if "skipping the preference stage" in line]
+    assert skipped, lines
+    pref = result.manifest["metrics"]["train"]["preference"]
+    assert pref["steps"] == 0 and pref["skipped"] == "no pairs"
+    first = compiled["result"].manifest["metrics"]["student"]
+    assert result.manifest["metrics"]["student"]["accuracy"] == first["accuracy"]
+
+
+def test_the_ladder_climbs_past_a_failing_rung_and_stops_at_the_first_that_passes(tmp_path):
+    from kolm.basemodel import resolve
+    from kolm.errors import GateError
+    from kolm.ladder import compile_ladder, rung_record
+
+    smol = resolve("smollm2-135m-instruct").gguf
+    spec = load_spec(write_toy_task(tmp_path / "task", extra=f"ladder: [{smol}, {smol}.copy]\n"))
+    spec = dataclasses.replace(spec, base="auto")
+    tried: list[str] = []
+
+    def fake_compile(rung, out, log, force, ladder, **kw):  # K rises with the rung's size
+        tried.append(rung.base)
+        k = 0.5 if rung.base == "smollm2-135m-instruct" else 0.9
+        ladder.append(rung_record(rung.base, "apache-2.0", k, k >= 0.7, k))
+        if k < 0.7 and not force:
+            raise GateError("not shipped: K below the gate")
+        return list(ladder)
+
+    lines: list[str] = []
+    record = compile_ladder(spec, tmp_path / "x.kolm", lines.append, False, fake_compile)
+    # climbed once (to gemma3-270m where installed, else the listed path), stopped at a pass
+    assert tried[0] == "smollm2-135m-instruct" and len(tried) == 2 and tried[1] != tried[0]
+    assert [r.get("passed") for r in record if "K" in r] == [False, True]
+    assert any("climbing" in line for line in lines)
+    skipped = [r for r in record if "skipped" in r]  # the .copy path does not exist
+    assert any(r["base"] == f"{smol}.copy" for r in skipped)
+    assert any(f"skipping {smol}.copy" in line for line in lines)
+
+
+def test_base_auto_compiles_on_the_smallest_installed_rung_and_records_it(compiled):
+    spec = dataclasses.replace(compiled["spec"], base="auto")
+    lines: list[str] = []
+    result = compile_task(spec, compiled["root"] / "auto.kolm", progress=False, log=lines.append)
+    assert result.cached_training  # the same base and data: the SFT stage is reused
+    ladder = result.manifest["ladder"]
+    shipped = [r for r in ladder if "K" in r]
+    assert shipped == [
+        {
+            "base": "smollm2-135m-instruct",
+            "license": "apache-2.0",
+            "K": result.manifest["kscore"]["K"],
+            "accuracy": round(result.manifest["metrics"]["student"]["accuracy"], 4),
+            "passed": True,
+        }
+    ]
+    for r in ladder:  # a rung not installed here is skipped with a line, never a crash
+        if "skipped" in r:
+            assert any(f"skipping {r['base']}" in line for line in lines)
