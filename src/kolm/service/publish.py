@@ -29,9 +29,8 @@ class RegistryPublisher:
     def __init__(self, prefix: str, insecure: bool = False):
         from kolm.registry.refs import parse_ref
 
-        parse_ref(
-            job_ref(prefix, "tenant", "task", "job")
-        )  # a bad prefix fails at start, not per job
+        # A bad prefix fails when the server starts, not on each finished job.
+        parse_ref(job_ref(prefix, "tenant", "task", "job"))
         self.prefix, self.insecure = prefix, insecure
 
     def __call__(self, artifact: Path, job: Job) -> None:
