@@ -169,6 +169,18 @@ def test_compile_summary_shows_the_floor_and_the_formula(compiled, capsys):
     assert re.search(r"K-score +\d\.\d{3} \(A=.*; weighted harmonic mean", out)
 
 
+def test_compile_json_prints_one_object_a_script_can_read(compiled, env, tmp_path):
+    spec = compiled["root"] / "task" / "kolm.yaml"
+    out = tmp_path / "j.kolm"
+    r = run_cli("compile", str(spec), "--out", str(out), "-q", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)  # stdout holds the JSON object and nothing else
+    manifest = open_artifact(out).manifest
+    assert summary["artifact"] == str(out) and summary["bytes"] == out.stat().st_size
+    assert summary["kscore"] == manifest["kscore"] and summary["cached_training"] is True
+    assert summary["metrics"]["student"] == manifest["metrics"]["student"]
+
+
 def test_gate_blocks_below_min_k_and_force_ships_marked(compiled, env, tmp_path):
     strict = dataclasses.replace(compiled["spec"], gate=GateConfig(min_k=0.9999))
     out = tmp_path / "blocked.kolm"

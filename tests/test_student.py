@@ -123,6 +123,20 @@ def test_each_preference_method_runs_end_to_end(tmp_path, method):
         assert result.manifest["metrics"]["train"]["preference"]["loss_type"] == "simpo"
 
 
+def test_grpo_samples_rewards_with_the_verifier_and_ships_a_gguf_llama_cpp_runs(tmp_path):
+    result, lines = _compile_method(tmp_path, "grpo", pref_steps=2)
+    train = result.manifest["metrics"]["train"]
+    assert train["method"] == "grpo"
+    stage = train["preference"]
+    assert stage["method"] == "grpo" and stage["steps"] == 2
+    assert stage["num_generations"] >= 2 and stage["beta"] == 0.0
+    first, last = stage["mean_reward_first_last"]
+    assert 0.0 <= first <= 1.0 and 0.0 <= last <= 1.0  # rewards came from the verifier
+    assert any(line.startswith("kolm: grpo:") for line in lines)
+    art = open_artifact(result.artifact)
+    assert art.manifest["metrics"]["llamacpp_torch_agreement"] >= 0.5
+
+
 def test_a_preference_stage_with_no_pairs_is_skipped_with_a_clear_line(compiled):
     spec = compiled["spec"]
     spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, method="orpo"))

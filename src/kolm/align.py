@@ -1,4 +1,4 @@
-"""Align: a preference stage after SFT, with TRL's trainers (DPO, ORPO, KTO, SimPO).
+"""Align: a stage after SFT with TRL's trainers — preferences (DPO, ORPO, KTO, SimPO) or GRPO.
 
 The stage continues the SFT LoRA on (prompt, chosen, rejected) pairs: the teacher's
 verifier-rejected and outvoted samples (`preferences.jsonl`) and on-policy pairs (the
@@ -9,6 +9,13 @@ spells a control token stays plain text). DPO and KTO measure drift against the 
 adapter itself (TRL copies it into a frozen `ref` adapter); ORPO and SimPO need no
 reference.
 
+GRPO needs no pairs: it samples several answers per training input from the student
+itself and rewards each with the verifier (1 when it passes and equals the accepted
+answer, `PARTIAL_REWARD` when it passes but differs, 0 when it fails). Sampling goes
+through `_rollout`, which builds prompts with the same tokenizer path as SFT, so TRL
+never templates or re-tokenizes text here either. No KL term (TRL's default, beta 0):
+with a LoRA, TRL's reference would be the bare base, not the SFT adapter.
+
 This module knows TRL and the pair formats; it knows nothing of llama.cpp, the
 artifact or the compile order.
 """
@@ -18,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,7 +97,7 @@ def align(
     """Run `cfg.method`'s TRL trainer on `pairs`, continuing the PEFT `model` in place.
 
     Checkpoints go to `folder` every 20 steps; a rerun resumes from the latest."""
-    if cfg.method not in METHODS or cfg.method == "sft":
+    if cfg.method not in METHODS or cfg.method in ("sft", "grpo"):
         raise TrainingError(f"train.method {cfg.method!r} has no preference stage")
     _quiet()
     rows = _tokenized(tok, fmt, instruction, pairs, cfg, contexts)
@@ -115,6 +122,134 @@ def align(
         hyper,
         int(ckpt.name.split("-")[-1]) if ckpt else 0,
     )
+
+
+PARTIAL_REWARD = 0.1
+"""GRPO's reward for an answer the verifier accepts that is not the accepted answer."""
+GRPO_GENERATIONS = 4
+"""Answers sampled per input and compared with each other (GRPO's group size)."""
+
+
+def grpo(
+    model,
+    tok,
+    fmt: PromptFormat,
+    instruction: str,
+    examples: Sequence[Example],
+    check: Callable[[str], str | None],
+    cfg: TrainConfig,
+    folder: Path,
+    max_new: int,
+    progress: bool = True,
+    contexts: dict[str, Sequence[str]] | None = None,
+) -> AlignResult:
+    """GRPO on the training inputs, continuing the PEFT `model` in place.
+
+    `check(text)` is the verifier: the normalized answer, or None when it fails.
+    Checkpoints go to `folder` every 20 steps; a rerun resumes from the latest."""
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    _quiet()
+    accepted = {e.input: check(e.output) for e in examples}
+
+    def reward(prompts, completions, **_) -> list[float]:
+        out = []
+        for x, text in zip(prompts, completions, strict=True):
+            got = check(text.strip())
+            out.append(0.0 if got is None else 1.0 if got == accepted[x] else PARTIAL_REWARD)
+        return out
+
+    common = _common_args(cfg, folder, cfg.preference_steps, progress)
+    del common["max_length"]
+    group = min(GRPO_GENERATIONS, cfg.batch_size)
+    batch = max(group, cfg.batch_size - cfg.batch_size % group)
+    common["per_device_train_batch_size"] = batch
+    args = GRPOConfig(
+        **common,
+        num_generations=group,
+        max_completion_length=max_new,
+        temperature=1.0,
+        beta=0.0,
+        shuffle_dataset=True,
+    )
+    hyper = {
+        "method": "grpo",
+        "steps": cfg.preference_steps,
+        "learning_rate": cfg.preference_learning_rate,
+        "batch_size": batch,
+        "num_generations": group,
+        "temperature": 1.0,
+        "beta": 0.0,
+        "reward": f"verifier: 1 accepted answer, {PARTIAL_REWARD} other passing answer, 0 failing",
+    }
+    data = Dataset.from_list([{"prompt": e.input} for e in examples])
+    rollout = _rollout(tok, fmt, instruction, contexts, max_new)
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[reward],
+        args=args,
+        train_dataset=data,
+        processing_class=tok,
+        rollout_func=rollout,
+    )
+    _silence(trainer, progress)
+    ckpt = _latest_checkpoint(folder)
+    t = time.perf_counter()
+    out = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    model.eval()
+    rewards = [x["reward"] for x in trainer.state.log_history if "reward" in x]
+    losses = [x["loss"] for x in trainer.state.log_history if "loss" in x]
+    hyper["mean_reward_first_last"] = (
+        [round(rewards[0], 4), round(rewards[-1], 4)] if rewards else None
+    )
+    return AlignResult(
+        "grpo",
+        len(examples),
+        {"inputs": len(examples)},
+        int(out.global_step),
+        time.perf_counter() - t,
+        round(losses[-1], 4) if losses else None,
+        hyper,
+        int(ckpt.name.split("-")[-1]) if ckpt else 0,
+    )
+
+
+def _rollout(tok, fmt, instruction, contexts, max_new: int):
+    """TRL's `rollout_func`: sample one answer per prompt (TRL repeats each input once per
+    generation), prompts tokenized exactly as SFT and the runtime build them."""
+    from kolm.train import prompt_ids
+
+    def rollout(prompts: list[str], trainer) -> dict:
+        import torch
+
+        ctx = [contexts.get(x, ()) for x in prompts] if contexts else None
+        ids = prompt_ids(tok, fmt, instruction, prompts, ctx)
+        model = trainer.model
+        device = next(model.parameters()).device
+        width = max(len(r) for r in ids)
+        pad = tok.pad_token_id
+        x = torch.tensor([[pad] * (width - len(r)) + r for r in ids], dtype=torch.long)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in ids])
+        with torch.no_grad():
+            gen = model.generate(
+                input_ids=x.to(device),
+                attention_mask=mask.to(device),
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                top_p=1.0,
+                max_new_tokens=max_new,
+                pad_token_id=pad,
+                eos_token_id=tok.eos_token_id,
+            )
+        completions = []
+        for row in gen[:, width:].tolist():
+            end = row.index(tok.eos_token_id) + 1 if tok.eos_token_id in row else len(row)
+            completions.append(row[:end])
+        return {"prompt_ids": ids, "completion_ids": completions, "logprobs": None}
+
+    return rollout
 
 
 def _tokenized(tok, fmt, instruction, pairs, cfg: TrainConfig, contexts) -> list[dict]:

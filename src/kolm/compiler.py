@@ -392,21 +392,28 @@ def _align_stage(
 
 
 def _run_align(p: Prepared, work, folder, sft_info, teacher_rows, progress, log) -> dict:
-    from kolm.align import align, student_pairs, teacher_pairs
-    from kolm.export import write_lora_gguf
-    from kolm.train import greedy_outputs, load_adapter, prompt_ids
+    from kolm.align import align, grpo, student_pairs, teacher_pairs
+    from kolm.train import load_adapter
 
     cfg = p.spec.train
     model, tok = load_adapter(p.base.gguf, cfg, work / "adapter.pt")
     inputs = [e.input for e in p.train]
     contexts = p.contexts(inputs)
+    ctx = dict(zip(inputs, contexts, strict=True)) if contexts else None
+    max_new = sft_info["max_answer_tokens"] + 8
+    info = {**sft_info, "method": cfg.method}
+    if cfg.method == "grpo":
+        log(f"kolm: grpo: {len(inputs)} training inputs; training {cfg.preference_steps} steps")
+        res = grpo(
+            model, tok, p.fmt, p.spec.description, p.train, _verified(p), cfg,
+            folder / "ckpt", max_new, progress, ctx,
+        )  # fmt: skip
+        return _finish_align(p, folder, model, tok, info, res, max_new)
     log(f"kolm: {cfg.method}: collecting the SFT student's wrong answers on the training inputs")
     norm = lambda text: p.verifier.check(text).normalized  # noqa: E731
-    max_new = sft_info["max_answer_tokens"] + 8
     pairs = teacher_pairs(teacher_rows) + student_pairs(
         model, tok, p.fmt, p.spec.description, p.train, norm, contexts, max_new
     )
-    info = {**sft_info, "method": cfg.method}
     if not pairs:
         log(
             f"kolm: {cfg.method}: no preference pairs (no rejected samples, no wrong answers); "
@@ -415,10 +422,27 @@ def _run_align(p: Prepared, work, folder, sft_info, teacher_rows, progress, log)
         info["preference"] = {"method": cfg.method, "pairs": 0, "steps": 0, "skipped": "no pairs"}
         return info
     log(f"kolm: {cfg.method}: {len(pairs)} preference pairs; training {cfg.preference_steps} steps")
-    ctx = dict(zip(inputs, contexts, strict=True)) if contexts else None
     res = align(model, tok, p.fmt, p.spec.description, pairs, cfg, folder / "ckpt", progress, ctx)
+    return _finish_align(p, folder, model, tok, info, res, max_new)
+
+
+def _verified(p: Prepared):
+    """The verifier as GRPO's check: the normalized answer, or None when it fails."""
+
+    def check(text: str) -> str | None:
+        c = p.verifier.check(text)
+        return c.normalized if c.ok else None
+
+    return check
+
+
+def _finish_align(p: Prepared, folder: Path, model, tok, info: dict, res, max_new: int) -> dict:
+    """Export the stage's adapter, its PyTorch held-out answers and its record."""
+    from kolm.export import write_lora_gguf
+    from kolm.train import greedy_outputs, prompt_ids
+
     tmp = folder / "adapter.gguf.partial"
-    write_lora_gguf(model, p.base.gguf, tmp, cfg.lora_alpha)
+    write_lora_gguf(model, p.base.gguf, tmp, p.spec.train.lora_alpha)
     tmp.replace(folder / "adapter.gguf")
     held = [e.input for e in p.heldout]
     prompts = prompt_ids(tok, p.fmt, p.spec.description, held, p.contexts(held))

@@ -20,8 +20,8 @@ from kolm.errors import SpecError
 DEFAULT_BASE = "smollm2-135m-instruct"
 QUANTIZE_CHOICES = ("adapter", "f16", "q8_0", "q4_0", "q4_k")
 """`adapter`, or the merged precisions `merge` builds."""
-TRAIN_METHODS = ("sft", "dpo", "orpo", "kto", "simpo")
-"""`train.method`: SFT alone, or SFT then a preference stage (kolm.align)."""
+TRAIN_METHODS = ("sft", "dpo", "orpo", "kto", "simpo", "grpo")
+"""`train.method`: SFT alone, or SFT then a preference stage or GRPO (kolm.align)."""
 PREFERENCE_FIELDS = ("method", "preference_steps", "preference_learning_rate", "beta")
 """TrainConfig fields the SFT stage does not depend on (its cache key leaves them out)."""
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -57,9 +57,10 @@ class TrainConfig:
     """CPU threads for torch; 0 uses every core."""
     method: str = "sft"
     """`sft`, or SFT then a preference stage on rejected answers: `dpo`, `orpo`, `kto`,
-    `simpo` (TRL's trainers; see docs/benchmarks.md for how they compare here)."""
+    `simpo`; or SFT then `grpo` with the verifier as reward (TRL's trainers; see
+    docs/benchmarks.md for how they compare here)."""
     preference_steps: int = 40
-    """Optimizer steps of the preference stage (ignored for `sft`)."""
+    """Optimizer steps of the preference or GRPO stage (ignored for `sft`)."""
     preference_learning_rate: float = 2e-4
     """Peak learning rate of the preference stage."""
     beta: float = 0.1

@@ -66,6 +66,9 @@ from kolm.cli.common import (
     help="Override quantize: `adapter` (default: base as shipped + adapter) or the adapter "
     "merged into one model at f16, q8_0, q4_0 or q4_k.",
 )
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the summary as one JSON object, not a table."
+)
 @quiet_option
 def compile_cmd(
     spec_or_task: str,
@@ -82,6 +85,7 @@ def compile_cmd(
     drift_path: Path | None,
     remote: str | None,
     quantize: str | None,
+    as_json: bool,
     quiet: bool,
 ) -> None:
     """Compile SPEC (a kolm.yaml) — or TASK, a description, with --examples DIR — into a
@@ -131,7 +135,25 @@ def compile_cmd(
         progress=not quiet,
         log=lambda m: click.echo(m, err=True),
     )
-    _print_compile_summary(result)
+    if as_json:
+        click.echo(json.dumps(_compile_summary(result), indent=1))
+    else:
+        _print_compile_summary(result)
+
+
+def _compile_summary(result) -> dict:
+    """What `compile --json` prints: where the artifact is, its id, and the manifest's
+    metrics and K-score as recorded."""
+    return {
+        "artifact": str(result.artifact),
+        "artifact_id": result.artifact_id,
+        "bytes": result.artifact.stat().st_size,
+        "report": str(result.report),
+        "cached_training": result.cached_training,
+        "timings_s": {k: round(v, 2) for k, v in result.timings.items()},
+        "kscore": result.manifest["kscore"],
+        "metrics": result.manifest["metrics"],
+    }
 
 
 @cli.command("init")
