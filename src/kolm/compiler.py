@@ -392,7 +392,7 @@ def _align_stage(
 
 
 def _run_align(p: Prepared, work, folder, sft_info, teacher_rows, progress, log) -> dict:
-    from kolm.align import align, grpo, student_pairs, teacher_pairs
+    from kolm.align import align, grpo, teacher_pairs
     from kolm.train import load_adapter
 
     cfg = p.spec.train
@@ -409,10 +409,8 @@ def _run_align(p: Prepared, work, folder, sft_info, teacher_rows, progress, log)
             folder / "ckpt", max_new, progress, ctx,
         )  # fmt: skip
         return _finish_align(p, folder, model, tok, info, res, max_new)
-    log(f"kolm: {cfg.method}: collecting the SFT student's wrong answers on the training inputs")
-    norm = lambda text: p.verifier.check(text).normalized  # noqa: E731
-    pairs = teacher_pairs(teacher_rows) + student_pairs(
-        model, tok, p.fmt, p.spec.description, p.train, norm, contexts, max_new
+    pairs = teacher_pairs(teacher_rows) + _student_pairs(
+        p, work, model, tok, contexts, max_new, log
     )
     if not pairs:
         log(
@@ -424,6 +422,28 @@ def _run_align(p: Prepared, work, folder, sft_info, teacher_rows, progress, log)
     log(f"kolm: {cfg.method}: {len(pairs)} preference pairs; training {cfg.preference_steps} steps")
     res = align(model, tok, p.fmt, p.spec.description, pairs, cfg, folder / "ckpt", progress, ctx)
     return _finish_align(p, folder, model, tok, info, res, max_new)
+
+
+def _student_pairs(p: Prepared, work: Path, model, tok, contexts, max_new: int, log: Log) -> list:
+    """The SFT student's wrong answers on the training inputs, kept beside the SFT adapter
+    so that switching between preference methods does not decode them again."""
+    from kolm.align import Pair, student_pairs
+
+    key = canonical_json({"verifier": p.verifier.to_dict(), "max_new": max_new})
+    cached = work / f"student-pairs-{hashlib.sha256(key).hexdigest()[:12]}.json"
+    if cached.is_file():
+        rows = _load_json(cached)
+        log(f"kolm: {p.spec.train.method}: the SFT student's wrong answers (cached)")
+        return [Pair(**r) for r in rows]
+    log(
+        f"kolm: {p.spec.train.method}: collecting the SFT student's wrong answers on the training inputs"
+    )
+    norm = lambda text: p.verifier.check(text).normalized  # noqa: E731
+    pairs = student_pairs(model, tok, p.fmt, p.spec.description, p.train, norm, contexts, max_new)
+    tmp = cached.with_suffix(".partial")
+    tmp.write_text(json.dumps([dataclasses.asdict(x) for x in pairs], indent=1))
+    tmp.replace(cached)
+    return pairs
 
 
 def _verified(p: Prepared):
