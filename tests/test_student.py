@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -123,6 +124,7 @@ def test_each_preference_method_runs_end_to_end(tmp_path, method):
         assert result.manifest["metrics"]["train"]["preference"]["loss_type"] == "simpo"
 
 
+@pytest.mark.slow
 def test_grpo_samples_rewards_with_the_verifier_and_ships_a_gguf_llama_cpp_runs(tmp_path):
     result, lines = _compile_method(tmp_path, "grpo", pref_steps=2)
     train = result.manifest["metrics"]["train"]
@@ -148,6 +150,9 @@ def test_a_preference_stage_with_no_pairs_is_skipped_with_a_clear_line(compiled)
     assert skipped, lines
     pref = result.manifest["metrics"]["train"]["preference"]
     assert pref["steps"] == 0 and pref["skipped"] == "no pairs"
+    # the wrong answers are kept beside the SFT adapter for the next method to reuse
+    kept = list(spec.spec_path.parent.glob(".kolm-work/*/*/student-pairs-*.json"))
+    assert len(kept) == 1 and json.loads(kept[0].read_text()) == []
     first = compiled["result"].manifest["metrics"]["student"]
     assert result.manifest["metrics"]["student"]["accuracy"] == first["accuracy"]
 
