@@ -53,7 +53,7 @@ def main() -> None:
 
 
 def _artifact(root: Path, mb: float) -> Path:
-    from kolm.artifact import write_artifact
+    from kolm.artifact import minimal_manifest, write_artifact
     from kolm.keys import KeyStore
 
     parts = {}
@@ -61,20 +61,8 @@ def _artifact(root: Path, mb: float) -> Path:
     for name, size in (("base.gguf", int(mb * 1e6) - adapter), ("adapter.gguf", adapter)):
         (root / name).write_bytes(os.urandom(size))
         parts[name] = root / name
-    manifest = {
-        "task": {"name": "bench", "description": "d", "output_kind": "label", "labels": ["x"]},
-        "base": {
-            "name": "none",
-            "license": "n/a",
-            "sha256": "0" * 64,
-            "size": 0,
-            "embedded": False,
-        },
-        "created_at": "2026-11-23T00:00:00Z",
-        "versions": {"kolm": "bench"},
-    }
     out = root / "bench.kolm"
-    write_artifact(out, parts, manifest, KeyStore())
+    write_artifact(out, parts, minimal_manifest("bench"), KeyStore())
     return out
 
 

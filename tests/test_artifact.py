@@ -19,6 +19,7 @@ from kolm.artifact import (
     SIGNATURE,
     blob_dir,
     canonical_json,
+    minimal_manifest,
     open_artifact,
     write_artifact,
 )
@@ -33,22 +34,6 @@ PARTS = {
 }
 
 
-def manifest_fields(name: str = "t") -> dict:
-    """The keys every kolm manifest carries (the reader checks them)."""
-    return {
-        "task": {"name": name, "description": "d", "output_kind": "label", "labels": ["x"]},
-        "base": {
-            "name": "none",
-            "license": "n/a",
-            "sha256": "0" * 64,
-            "size": 0,
-            "embedded": False,
-        },
-        "created_at": "2026-11-23T00:00:00Z",
-        "versions": {"kolm": "test"},
-    }
-
-
 def make(tmp_path: Path, keys: KeyStore | None = None) -> Path:
     src = tmp_path / "src"
     src.mkdir(exist_ok=True)
@@ -57,7 +42,7 @@ def make(tmp_path: Path, keys: KeyStore | None = None) -> Path:
         (src / name).write_bytes(data)
         parts[name] = src / name
     out = tmp_path / "m.kolm"
-    write_artifact(out, parts, manifest_fields(), keys or KeyStore())
+    write_artifact(out, parts, minimal_manifest(), keys or KeyStore())
     return out
 
 

@@ -28,11 +28,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kolm.archive import MAX_META_BYTES
-from kolm.artifact import open_artifact, write_artifact
+from kolm.artifact import minimal_manifest, open_artifact, write_artifact
 from kolm.errors import ArtifactError, KolmError
 from kolm.keys import KeyStore
-
-from .test_artifact import manifest_fields
 
 PARTS = {
     "adapter.gguf": b"GGUF" + bytes(range(256)) * 6,  # stored, like real GGUF parts
@@ -52,7 +50,7 @@ def signed(tmp_path_factory):
     for name, data in PARTS.items():
         (src / name).write_bytes(data)
     path = root / "m.kolm"
-    write_artifact(path, {n: src / n for n in PARTS}, manifest_fields("fuzz"), keys)
+    write_artifact(path, {n: src / n for n in PARTS}, minimal_manifest("fuzz"), keys)
     art = open_artifact(path, keys)
     return {"path": path, "data": path.read_bytes(), "keys": keys, "id": art.id,
             "content": content(path)}  # fmt: skip
@@ -398,7 +396,7 @@ def test_part_swapped_for_a_bomb_is_refused_before_it_inflates(tmp_path, honest)
     for name, data in PARTS.items():
         (src / name).write_bytes(data)
     good = tmp_path / "good.kolm"
-    write_artifact(good, {n: src / n for n in PARTS}, manifest_fields(), KeyStore())
+    write_artifact(good, {n: src / n for n in PARTS}, minimal_manifest(), KeyStore())
     members = content(good)
     bomb = zeros_deflated(2048)
     size = (2 << 30) - 1 if honest else len(PARTS["adapter.gguf"])

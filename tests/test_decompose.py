@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kolm.artifact import open_artifact, write_artifact
+from kolm.artifact import minimal_manifest, open_artifact, write_artifact
 from kolm.basemodel import resolve
 from kolm.decompose.mine import Tokenizer, base_tokenizer, mine, replay_share
 from kolm.decompose.pack import PART, Pack
@@ -22,8 +22,6 @@ from kolm.errors import ArtifactError
 from kolm.keys import KeyStore
 from kolm.prompt import format_from_gguf
 from kolm.runtime import Decoding, Student
-
-from .test_artifact import manifest_fields
 
 REPO = Path(__file__).resolve().parents[1]
 INSTRUCTION = "Extract the invoice fields as JSON with keys vendor, invoice, total, currency, due."
@@ -106,7 +104,7 @@ def test_corrupt_pack_part_is_refused_by_the_artifact_check(tmp_path, tok):
     (tmp_path / "config.json").write_text("{}")
     out = tmp_path / "a.kolm"
     parts = {PART: tmp_path / PART, "config.json": tmp_path / "config.json"}
-    write_artifact(out, parts, manifest_fields(), keys)
+    write_artifact(out, parts, minimal_manifest(), keys)
     assert open_artifact(out).manifest["parts"][PART]["size"] > 0
     bad = tmp_path / "bad.kolm"
     with zipfile.ZipFile(out) as src, zipfile.ZipFile(bad, "w") as dst:

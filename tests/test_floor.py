@@ -72,6 +72,8 @@ def test_floor_verdict_flags_a_student_below_the_floor():
 
 def _below_floor_manifest() -> dict:
     """A compile manifest (v2 K) whose student (50%) is below its floor (80%)."""
+    from kolm.artifact import minimal_manifest
+
     student = {
         "accuracy": 0.5,
         "verifier_pass_rate": 1.0,
@@ -89,9 +91,7 @@ def _below_floor_manifest() -> dict:
         "coverage": 1.0,
     }
     return {
-        "created_at": "2026-11-23T00:00:00Z",
-        "task": {"name": "t", "description": "d", "output_kind": "label", "labels": ["a", "b"]},
-        "base": {"name": "b", "license": "x", "sha256": "0" * 64, "size": 0, "embedded": False},
+        **minimal_manifest(labels=["a", "b"]),
         "metrics": {
             "heldout_examples": 10,
             "student": student,
@@ -117,7 +117,6 @@ def _below_floor_manifest() -> dict:
             "hardware_usd_per_hour": 0,
             "teacher_source": "gold",
         },
-        "versions": {"kolm": "test"},
     }
 
 

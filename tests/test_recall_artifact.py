@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kolm.artifact import open_artifact, write_artifact
+from kolm.artifact import minimal_manifest, open_artifact, write_artifact
 from kolm.errors import ArtifactError, SpecError
 from kolm.keys import KeyStore
 from kolm.recall import Embedder, build_index
@@ -20,7 +20,6 @@ from kolm.recall.ground import INDEX_PART, Grounder
 from kolm.spec import load_spec
 
 from .conftest import run_cli, write_jsonl
-from .test_artifact import manifest_fields
 
 DOCS = {
     "fees.md": "# Fees\n\nThe Zephyr plan costs 41 crowns a month.\n\n"
@@ -71,7 +70,7 @@ def signed_with_index(tmp_path: Path, index: Path, keys: KeyStore) -> Path:
     cfg = tmp_path / "config.json"
     cfg.write_text("{}")
     out = tmp_path / "a.kolm"
-    write_artifact(out, {INDEX_PART: index, "config.json": cfg}, manifest_fields(), keys)
+    write_artifact(out, {INDEX_PART: index, "config.json": cfg}, minimal_manifest(), keys)
     return out
 
 

@@ -4,7 +4,8 @@
     with kolm.load("support.kolm", threads=1) as model:
         print(model.run("My card was charged twice").output)
 
-`load` verifies an artifact and loads it in llama.cpp (`Model`); `compile` takes
+`load` verifies an artifact and loads it in llama.cpp (`Model`); `Model.stream` hands
+an answer out piece by piece as it is decoded (`Stream`); `compile` takes
 the same arguments as `kolm compile` — a spec file, or a task description with an
 examples folder. `kolm/__init__.py` exports these lazily, so `import kolm` loads
 neither torch nor llama.cpp. Knows the library's entry points (runner, compiler,
@@ -14,10 +15,16 @@ quickstart, receipts); knows nothing of HTTP or the command line.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kolm.errors import InputError, SpecError
+
+if TYPE_CHECKING:
+    from kolm.runner import Result, Runner
 
 StrPath = str | Path
 
@@ -57,6 +64,7 @@ class Model:
             min_confidence=min_confidence,
             recipes=recipes,
         )
+        self._stream: Stream | None = None
 
     @property
     def manifest(self) -> dict:
@@ -69,11 +77,20 @@ class Model:
 
     def run(self, text: str):
         """Answer one input (a `runner.Result`: output, path, verified, receipt, ...)."""
+        self._end_stream()
         return self._runner(text)
+
+    def stream(self, text: str) -> Stream:
+        """Answer one input piece by piece: iterate the `Stream` for text as it is decoded,
+        then read its `result` (what `run` returns, receipt included)."""
+        self._end_stream()
+        self._stream = Stream(self._runner, text)
+        return self._stream
 
     def run_batch(self, texts: Iterable[str]) -> list:
         """Answer each input in order. An input that cannot be answered gets its
         `InputError` in its place (as `kolm run --input` writes an error line)."""
+        self._end_stream()
         out: list = []
         for text in texts:
             try:
@@ -95,13 +112,105 @@ class Model:
         }
 
     def close(self) -> None:
+        self._end_stream()
         self._runner.close()
+
+    def _end_stream(self) -> None:
+        """The model answers one thing at a time: a stream still open is closed first."""
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
 
     def __enter__(self) -> Model:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class Stream:
+    """One answer handed out as it is decoded: iterate for its text, then read `result`.
+
+        stream = model.stream("My card was charged twice")
+        for piece in stream:
+            print(piece, end="", flush=True)
+        print(stream.result.receipt)
+
+    The pieces (whole characters, never empty) add up to `result.output`, the answer
+    `run` gives. The model decodes in a thread of its own while the caller reads; the
+    receipt is written in the caller's thread once the last piece is taken, or when
+    `result` is read (which waits for the answer). `close` (also done by the model's
+    next call) lets the answer finish unread and, when pieces were left unread, marks
+    the receipt incomplete, as `kolm serve` does for a client that left. An input that
+    cannot be answered raises its `InputError` from the iteration (and from `result`)."""
+
+    def __init__(self, runner: Runner, text: str):
+        self._runner = runner
+        self._items: queue.Queue = queue.Queue()
+        self._outcome: tuple[str, object] | None = None
+        self._thread = threading.Thread(
+            target=self._answer, args=(text,), name="kolm-stream", daemon=True
+        )
+        self._thread.start()
+
+    def _answer(self, text: str) -> None:
+        try:
+            answered = self._runner.answer(text, on_delta=self._piece)
+        except BaseException as e:  # handed to the caller's thread, raised there
+            self._items.put(("error", e))
+        else:
+            self._items.put(("answered", answered))
+
+    def _piece(self, text: str) -> None:
+        if text:
+            self._items.put(("piece", text))
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        if self._outcome is None:
+            kind, value = self._items.get()
+            if kind == "piece":
+                return value
+            self._settle(kind, value, delivered=True)
+        self._raise_error()
+        raise StopIteration
+
+    @property
+    def result(self) -> Result:
+        """The answer as `run` returns it (a `runner.Result`, receipt written); waits for it."""
+        self._finish(delivered=True)
+        self._raise_error()
+        return self._outcome[1]
+
+    def close(self) -> None:
+        """Stop reading: the answer finishes unread, and its receipt is marked incomplete
+        when pieces were left. Does not raise the answer's error (`result` does)."""
+        self._finish(delivered=False)
+
+    def _finish(self, delivered: bool) -> None:
+        """Take what is left of the answer; `delivered`: the caller gets it (in `result`)."""
+        left_unread = False
+        while self._outcome is None:
+            kind, value = self._items.get()
+            if kind == "piece":
+                left_unread = True
+            else:
+                self._settle(kind, value, delivered or not left_unread)
+
+    def _settle(self, kind: str, value, delivered: bool) -> None:
+        self._thread.join()
+        if kind == "answered":
+            try:
+                value = self._runner.record(value, incomplete=not delivered)
+            except BaseException as e:
+                kind, value = "error", e
+        self._outcome = (kind, value)
+
+    def _raise_error(self) -> None:
+        if self._outcome is not None and self._outcome[0] == "error":
+            raise self._outcome[1]
 
 
 def _store(cls, where: StrPath | bool, **kw):

