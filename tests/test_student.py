@@ -7,9 +7,10 @@ import json
 
 import pytest
 
+from kolm.align import preference_steps
 from kolm.artifact import open_artifact
 from kolm.compiler import compile_task
-from kolm.spec import load_spec
+from kolm.spec import TrainConfig, load_spec
 from kolm.train import _batches, _bucketed_batches
 
 from .toy import write_toy_task
@@ -78,6 +79,13 @@ def test_the_cheaper_loss_has_the_same_value_and_gradients_as_the_full_model():
     assert max((a - b).abs().max().item() for a, b in zip(g_full, g_fast, strict=True)) < 1e-4
 
 
+def test_a_preference_stage_shows_each_pair_at_most_three_times():
+    cfg = TrainConfig(preference_steps=40, batch_size=8)
+    assert preference_steps(cfg, 3) == 2  # 3 pairs: 9 rows seen, 2 batches of 8
+    assert preference_steps(cfg, 1) == 1
+    assert preference_steps(cfg, 500) == 40  # many pairs: the configured steps
+
+
 def _compile_method(tmp_path, method: str, sft_steps: int = 6, pref_steps: int = 3):
     spec_path = write_toy_task(tmp_path / "task", steps=sft_steps)
     spec = load_spec(spec_path)
@@ -101,7 +109,9 @@ def _check_aligned(result, method: str, pref_steps: int = 3) -> None:
     train = result.manifest["metrics"]["train"]
     assert train["method"] == method
     pref = train["preference"]
-    assert pref["method"] == method and pref["steps"] == pref_steps and pref["pairs"] > 0
+    assert pref["method"] == method and pref["pairs"] > 0
+    cfg = TrainConfig(preference_steps=pref_steps, batch_size=pref["batch_size"])
+    assert pref["steps"] == preference_steps(cfg, pref["pairs"]) <= pref_steps
     assert pref["pairs_by_source"]["student"] > 0
     # the shipped adapter is the preference-trained one, and llama.cpp ran it
     art = open_artifact(result.artifact)

@@ -101,7 +101,7 @@ def align(
         raise TrainingError(f"train.method {cfg.method!r} has no preference stage")
     _quiet()
     rows = _tokenized(tok, fmt, instruction, pairs, cfg, contexts)
-    steps = cfg.preference_steps
+    steps = preference_steps(cfg, len(pairs))
     trainer, hyper = _trainer(cfg, model, tok, rows, folder, steps, progress)
     _silence(trainer, progress)
     ckpt = _latest_checkpoint(folder)
@@ -122,6 +122,16 @@ def align(
         hyper,
         int(ckpt.name.split("-")[-1]) if ckpt else 0,
     )
+
+
+MAX_PAIR_PASSES = 3
+"""A preference stage sees each pair at most this many times: on the shipped example
+40 DPO steps over its 3 pairs (≈107 passes) took held-out accuracy from 76.6% to 57.8%."""
+
+
+def preference_steps(cfg: TrainConfig, pairs: int) -> int:
+    """`train.preference_steps`, cut to `MAX_PAIR_PASSES` passes over the pairs."""
+    return max(1, min(cfg.preference_steps, -(-MAX_PAIR_PASSES * pairs // cfg.batch_size)))
 
 
 PARTIAL_REWARD = 0.1

@@ -60,7 +60,8 @@ class TrainConfig:
     `simpo`; or SFT then `grpo` with the verifier as reward (TRL's trainers; see
     docs/benchmarks.md for how they compare here)."""
     preference_steps: int = 40
-    """Optimizer steps of the preference or GRPO stage (ignored for `sft`)."""
+    """Optimizer steps of the preference or GRPO stage (ignored for `sft`); a preference
+    stage stops sooner when that would show each pair more than 3 times."""
     preference_learning_rate: float = 2e-4
     """Peak learning rate of the preference stage."""
     beta: float = 0.1
