@@ -71,6 +71,9 @@ def test_pack_is_rebuilt_byte_identically(tok):
     back = Pack.from_bytes(one.to_bytes())
     assert back == one and back.to_bytes() == one.to_bytes()
     assert one.entries > 50 and one.stats["expected_hit_rate"] > 0.3, one.stats
+    assert set(one.closers) == {"vendor", "invoice", "total", "currency", "due"}
+    assert tok.piece(one.closers["vendor"]) == b'",' and tok.piece(one.closers["due"]) == b'"}'
+    assert b" " in one.value_bytes["vendor"] and b" " not in one.value_bytes["invoice"]
     assert mine(outputs[:-1], tok, json_keys=True).to_bytes() != one.to_bytes()
 
 
@@ -88,6 +91,27 @@ def test_json_keys_and_label_trie_draft_what_is_certain(tok):
         seq = tok.tokenize(label) + [tok.eos]
         # once the first token is out, the rest of the label (and the end) is certain
         assert all(pack.next_token(seq[:i]) == seq[i] for i in range(1, len(seq)))
+
+
+def test_skeleton_closers_and_value_bytes_draft_more_of_the_held_out_answers(tok):
+    """A value copied from the input stops at a byte its key never uses, then the key's
+    closer ends it: more of each held-out answer is drafted, in fewer steps."""
+    from kolm.decompose.mine import chain
+
+    train, held = ROWS[:150], ROWS[200:]
+    pack = mine(
+        [r["output"] for r in train], tok, json_keys=True, inputs=[r["input"] for r in train]
+    )
+    assert pack.copy_input and pack.closers
+    bare = replace(pack, closers={}, value_bytes={})
+    seqs = [tok.tokenize(r["output"]) + [tok.eos] for r in held]
+    args = dict(sources=[r["input"] for r in held], tokenize=tok.tokenize)
+    assert replay_share(pack, seqs, tok.piece, **args) > replay_share(bare, seqs, tok.piece, **args)
+    text = b'{"vendor": "Acme Tools", "invoice": "IN'
+    source = b"Invoice INV-2291 from Acme Tools for $310.00 is due 2025-05-01."
+    answer = tok.tokenize(text.decode())
+    draft = chain(pack, answer, text, tok.piece, 12, source, tok.tokenize)
+    assert b"".join(tok.piece(t) for t in draft).startswith(b'V-2291",')
 
 
 def test_damaged_pack_bytes_are_refused(tok):
@@ -154,6 +178,37 @@ def test_drafting_is_byte_identical_on_mined_inputs(students):
 def test_drafting_is_byte_identical_on_any_input(students, text):
     plain, fast = students
     assert _same(plain.answer(text), fast.answer(text))
+
+
+def test_skeleton_drafts_under_a_json_grammar_are_byte_identical(base, tok):
+    """A JSON pack (keyed n-grams, input copies, per-key value bytes and closers) drafting
+    under `run.constrain`'s grammar gives exactly the plain constrained answers."""
+    from kolm.decompose.grammar import grammar_for
+    from kolm.verifier import synthesize
+
+    verifier = synthesize([r["output"] for r in ROWS[:60]])
+    gbnf = grammar_for(verifier, [ROWS[0]["output"]])
+    fmt = format_from_gguf(base)
+    dec = Decoding(max_tokens=72, threads=1, flash_attn=True, constrain=True)
+    plain = Student(base, None, fmt, INSTRUCTION, dec, grammar=gbnf)
+    try:
+        rows = ROWS[:6]
+        mined = [plain.answer(r["input"]).output for r in rows]
+        pack = mine(mined, tok, json_keys=True, inputs=[r["input"] for r in rows], min_support=1)
+        assert pack.closers and pack.value_bytes, pack.stats
+        fast = Student(base, None, fmt, INSTRUCTION, dec, pack=pack, grammar=gbnf)
+        try:
+            drafted = 0.0
+            for r in rows[:2] + ROWS[150:153]:
+                a, b = plain.answer(r["input"]), fast.answer(r["input"])
+                assert _same(a, b), (r["input"], a, b)
+                assert verifier.check(b.output).ok or b.finish_reason == "length", b.output
+                drafted += b.drafted_share
+            assert drafted / 5 > 0.5  # the skeleton and copies were really drafted
+        finally:
+            fast.close()
+    finally:
+        plain.close()
 
 
 def test_no_flash_attention_means_no_drafting(base, tok):

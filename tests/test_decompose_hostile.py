@@ -35,6 +35,8 @@ GOOD = Pack(
     prefix={(): 5, (1, 2): 3},
     ngrams={(4,): 5, (4, 5): 6},
     keyed={("total", (1,)): 2, ("vendor", (7, 8)): 9},
+    closers={"total": 6, "vendor": 6},
+    value_bytes={"total": b".0123456789", "vendor": b" ABab"},
     stats={"sequences": 3},
 )
 HEADER = {
@@ -119,6 +121,12 @@ def test_compression_bomb_is_refused_without_inflating_it(monkeypatch):
         ({"keys": "ab"}, "keys"),
         ({"keys": ["a", "a"]}, "keys"),
         ({"keys": [1]}, "keys"),
+        ({"closers": [1]}, "closers"),
+        ({"closers": {"a": "1"}}, "closers"),
+        ({"closers": {"a": -1}}, "closers"),
+        ({"value_bytes": {"a": "zz"}}, "value_bytes"),
+        ({"value_bytes": {"a": 12}}, "value_bytes"),
+        ({"value_bytes": {"a": "00" * 300}}, "value_bytes"),
         ({"order": None}, "order"),
     ],
 )
@@ -152,6 +160,9 @@ def test_pack_naming_tokens_the_model_lacks_is_refused_before_decoding():
         Student(base, None, format_from_gguf(base), "Say hi.", dec, pack=bad)
     ok = Pack(eos=2, order=1, max_prefix=4, json_keys=False, prefix={(): 49_151})
     ok.check_vocab(49_152)
+    closer = Pack(eos=2, order=1, max_prefix=4, json_keys=True, closers={"a": 49_152})
+    with pytest.raises(ArtifactError, match="names token 49152"):
+        closer.check_vocab(49_152)
 
 
 # -- the grammar ----------------------------------------------------------------------

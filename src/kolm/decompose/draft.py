@@ -122,6 +122,7 @@ class _State:
         self.multibyte = 0
         self.generated = self.drafted = self.proposed = self.steps = 0
         self.n_vocab = llm.n_vocab()
+        self._buf = None  # scratch for the margin's softmax (one allocation per answer)
         self.cap = llm.n_batch  # llm._batch holds n_batch tokens
 
     def reuse_prefix(self) -> list[int]:
@@ -157,14 +158,17 @@ class _State:
         self.proposed += len(draft)
         first = len(pending) - 1
         accepted = 0
+        if self._buf is None:
+            self._buf = np.empty(self.n_vocab, dtype=np.single)
         for j in range(len(draft) + 1):
             logits = _logits(self.llm, first + j, self.n_vocab)
+            best = int(np.argmax(logits))
             if self.constraint is None:
-                tok = int(np.argmax(logits))
+                tok = best
             else:
-                tok = self.constraint.pick(logits)
+                tok = self.constraint.pick(logits, best)
                 self.constraint.accept(tok)
-            self.margins.append(_margin(logits))
+            self.margins.append(_margin(logits, best, self._buf))
             hit = j < len(draft) and tok == draft[j]
             self._emit(tok, hit)
             if self.finish is not None or not hit:
@@ -253,11 +257,17 @@ def _logits(llm, i: int, n_vocab: int):
     return np.ctypeslib.as_array(ptr, shape=(n_vocab,))
 
 
-def _margin(logits) -> float:
-    """Top-1 minus top-2 probability, computed exactly as runtime's margin recorder does."""
+def _margin(logits, best: int, buf) -> float:
+    """Top-1 minus top-2 probability, the same float operations as runtime's margin recorder
+    (`np.partition` for the top two, then a float32 softmax sum), without its copies:
+    `best` is the argmax, `buf` a float32 scratch array of the vocabulary's size."""
     import numpy as np
 
-    top2 = np.partition(logits, -2)[-2:]
-    hi, lo = float(max(top2)), float(min(top2))
-    z = np.exp(logits - hi).sum()
+    hi = float(logits[best])
+    lo = max(
+        float(logits[:best].max()) if best else -np.inf,
+        float(logits[best + 1 :].max()) if best + 1 < len(logits) else -np.inf,
+    )
+    np.subtract(logits, hi, out=buf)
+    z = np.exp(buf, out=buf).sum()
     return (1.0 - float(np.exp(lo - hi))) / float(z)

@@ -134,13 +134,13 @@ class Constraint:
     def reset(self) -> None:
         self._c.llama_sampler_reset(self._smpl)
 
-    def pick(self, logits) -> int:
-        """The highest-scoring allowed token."""
+    def pick(self, logits, best: int | None = None) -> int:
+        """The highest-scoring allowed token (`best`: the argmax, when already known)."""
         import ctypes
 
         import numpy as np
 
-        best = int(np.argmax(logits))
+        best = int(np.argmax(logits)) if best is None else best
         one = self._one
         one.copy_logits(np.array([logits[best]], dtype=np.single))
         one.candidates_data.id[0] = best

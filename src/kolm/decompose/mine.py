@@ -4,8 +4,10 @@ Each accepted output (gold or teacher-labelled) is tokenized with the base
 model's own tokenizer and followed by the end-of-answer token. For every
 position the miner counts what came next after three kinds of context: the
 exact answer prefix, the last k tokens (k = 1..order), and, for JSON outputs,
-the last k tokens under the most recent object key. A context is kept only
-when every observation agreed and it was seen at least `min_support` times.
+the last k tokens under the most recent object key, and, for JSON outputs, the
+token that ended each key's string value (the skeleton's closer). A context is
+kept only when every observation agreed and it was seen at least `min_support`
+times.
 The verifier's closed label set is added as a token trie (a label's remaining
 tokens are certain once its prefix is unique). Redundant entries (a shorter
 context already says the same) are dropped, and the pack's expected share of
@@ -17,12 +19,13 @@ can only propose: `draft` checks every proposal against the model.
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from kolm.decompose.pack import Pack, copy_continuation, json_key
+from kolm.decompose.pack import Pack, copy_continuation, json_key, open_value
 
 ORDER = 4
 MIN_SUPPORT = 2
@@ -87,7 +90,7 @@ def mine(
     With `inputs` (one per output) mining also measures whether answers copy from
     their inputs, and turns copying on when it drafts more than the tables alone."""
     seqs = answer_tokens(outputs, tok)
-    prefix, ngrams, keyed = _count(seqs, tok.piece, order, max_prefix, json_keys)
+    prefix, ngrams, keyed, closers = _count(seqs, tok.piece, order, max_prefix, json_keys)
     pack = Pack(
         eos=tok.eos,
         order=order,
@@ -96,6 +99,8 @@ def mine(
         prefix=_certain(prefix, min_support),
         ngrams=_certain(ngrams, min_support),
         keyed=_certain(keyed, min_support),
+        closers=_certain(closers, min_support),
+        value_bytes=_value_bytes(outputs) if json_keys else {},
     )
     _add_label_trie(pack, answer_tokens(labels, tok), max_prefix)
     pack = _pruned(pack, tok.piece)
@@ -112,6 +117,7 @@ def mine(
             "prefix": len(pack.prefix),
             "ngram": len(pack.ngrams),
             "keyed": len(pack.keyed),
+            "closers": len(pack.closers),
         },
         "labels": len(labels),
         "min_support": min_support,
@@ -133,19 +139,37 @@ def _count(seqs, piece, order: int, max_prefix: int, json_keys: bool):
     prefix: dict = defaultdict(Counter)
     ngrams: dict = defaultdict(Counter)
     keyed: dict = defaultdict(Counter)
+    closers: dict = defaultdict(Counter)
     for seq in seqs:
         text = b""
         for i, nxt in enumerate(seq):
             if i <= max_prefix:
                 prefix[tuple(seq[:i])][nxt] += 1
             key = json_key(text) if json_keys else ""
+            if key and b'"' in piece(nxt) and open_value(text):
+                closers[key][nxt] += 1
             for k in range(1, min(order, i) + 1):
                 ctx = tuple(seq[i - k : i])
                 ngrams[ctx][nxt] += 1
                 if key:
                     keyed[(key, ctx)][nxt] += 1
             text += piece(nxt)
-    return prefix, ngrams, keyed
+    return prefix, ngrams, keyed, closers
+
+
+def _value_bytes(outputs: Sequence[str]) -> dict[str, bytes]:
+    """Per top-level key, the sorted bytes its string values used in the outputs."""
+    seen: dict[str, set[int]] = defaultdict(set)
+    for o in outputs:
+        try:
+            value = json.loads(o)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if isinstance(v, str):
+                    seen[k].update(v.encode("utf-8"))
+    return {k: bytes(sorted(v)) for k, v in seen.items() if v}
 
 
 def _certain(table: dict, min_support: int) -> dict:
@@ -199,18 +223,24 @@ def chain(
     """Follow the pack from `answer` for up to `limit` tokens (stops after end-of-answer).
 
     Where the pack is unsure and it copies inputs, one span of `source` (the input
-    text) that continues the open string value is drafted, tokenized by `tokenize`."""
+    text) that continues the open string value is drafted, tokenized by `tokenize`;
+    right after that span, the key's closer (when the pack has one) ends the value."""
     out: list[int] = []
     ctx = list(answer)
     copied = not (pack.copy_input and source and tokenize)
+    closable = False
     while len(out) < limit:
-        t = pack.next_token(ctx, json_key(text) if pack.json_keys else None)
+        key = json_key(text) if pack.json_keys else None
+        t = pack.next_token(ctx, key)
         if t is None:
-            if copied:
-                break
-            copied = True
-            span = copy_continuation(text, source)
-            toks = tokenize(span.decode("utf-8", "ignore")) if span else []
+            toks: list[int] = []
+            if closable:
+                toks = [pack.closers[key]] if key in pack.closers and open_value(text) else []
+            elif not copied:
+                copied = True
+                span = copy_continuation(text, source, allowed=pack.value_bytes.get(key))
+                toks = tokenize(span.decode("utf-8", "ignore")) if span else []
+            closable = bool(toks) and not closable
             if not toks:
                 break
             toks = toks[: limit - len(out)]
@@ -218,6 +248,7 @@ def chain(
             ctx += toks
             text += b"".join(piece(x) for x in toks)
             continue
+        closable = False
         out.append(t)
         if t == pack.eos:
             break

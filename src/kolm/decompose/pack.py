@@ -4,7 +4,10 @@ A pack is three lookup tables from an answer-so-far (token ids) to the one next
 token that always followed it in the accepted outputs: the exact answer prefix
 (which holds the closed label set as a token trie), the last k tokens, and the
 last k tokens under the most recent JSON key. `next_token` asks them from the
-most specific to the least. The pack serializes to a compact, versioned byte
+most specific to the least. For JSON outputs it also keeps the skeleton's
+value closers: per key, the one token that always ended that key's string value
+(`",` before the next key, `"}` after the last), which no n-gram can predict
+because it follows the value's variable tokens. The pack serializes to a compact, versioned byte
 string: the same tables always give the same bytes.
 
 It knows token ids and bytes; it does not know the tokenizer, the model or how
@@ -33,14 +36,18 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 _HEADER = {"eos": int, "order": int, "max_prefix": int, "json_keys": bool, "stats": dict}
 _REBUILD = "rebuild the artifact with `kolm compile`, or run with --no-recipes"
 _KEY = re.compile(rb'"((?:[^"\\]|\\.){1,64})"\s*:')
+_OPEN_VALUE = re.compile(rb'"\s*:\s*"(?:[^"\\]|\\.)*\Z')
 
 
-def copy_continuation(text: bytes, source: bytes, max_bytes: int = 24) -> bytes:
+def copy_continuation(
+    text: bytes, source: bytes, max_bytes: int = 24, allowed: bytes | None = None
+) -> bytes:
     """What followed the answer's open string value in `source`, when that is unambiguous.
 
     The value so far (after the last quote; at least 2 bytes) is looked up in the
     source text, longest suffix first; every occurrence must continue the same way.
-    The continuation stops before a quote, comma, colon, semicolon, bracket or line break."""
+    The continuation stops before a quote, comma, colon, semicolon, bracket or line break,
+    and, with `allowed` (the bytes this key's values were seen to use), before any other byte."""
     if text.count(b'"') % 2 == 0:
         return b""
     value = text[text.rfind(b'"') + 1 :]
@@ -52,8 +59,10 @@ def copy_continuation(text: bytes, source: bytes, max_bytes: int = 24) -> bytes:
         nexts = {source[p + n : p + n + 4] for p in spots}
         if len(nexts) != 1:
             return b""
-        cont = source[spots[0] + n : spots[0] + n + max_bytes]
-        return _STOP.split(cont, maxsplit=1)[0]
+        cont = _STOP.split(source[spots[0] + n : spots[0] + n + max_bytes], maxsplit=1)[0]
+        if allowed is not None:
+            cont = cont[: next((i for i, b in enumerate(cont) if b not in allowed), len(cont))]
+        return cont
     return b""
 
 
@@ -66,6 +75,11 @@ def _find_all(hay: bytes, needle: bytes) -> list[int]:
         out.append(i)
         i = hay.find(needle, i + 1)
     return out
+
+
+def open_value(text: bytes) -> bool:
+    """Whether `text` ends inside an object's string value (after `"key": "`)."""
+    return _OPEN_VALUE.search(text[-256:]) is not None
 
 
 def json_key(text: bytes) -> str:
@@ -94,6 +108,12 @@ class Pack:
     prefix: dict[tuple[int, ...], int] = field(default_factory=dict)
     ngrams: dict[tuple[int, ...], int] = field(default_factory=dict)
     keyed: dict[tuple[str, tuple[int, ...]], int] = field(default_factory=dict)
+    value_bytes: dict[str, bytes] = field(default_factory=dict)
+    """Per JSON key, every byte its string values used: a value copied from the input
+    stops before any other byte (so `INV-204` stops before the space after it)."""
+    closers: dict[str, int] = field(default_factory=dict)
+    """Per JSON key, the token that always ended its string value (the skeleton between
+    one value and the next key); proposed after a value copied from the input."""
     stats: dict = field(default_factory=dict)
     """What mining saw and measured (sequences, tokens, expected hit rate, ...)."""
 
@@ -101,6 +121,7 @@ class Pack:
         """The largest token id the pack can propose (its end-of-answer token included)."""
         tables = (self.prefix, self.ngrams)
         ids = [self.eos, *(t for tab in tables for t in tab.values()), *self.keyed.values()]
+        ids += self.closers.values()
         ids += [t for tab in tables for ctx in tab for t in ctx]
         ids += [t for _, ctx in self.keyed for t in ctx]
         return max(ids)
@@ -147,6 +168,10 @@ class Pack:
             "copy_input": self.copy_input,
             "stats": self.stats,
         }
+        if self.closers:
+            header["closers"] = dict(sorted(self.closers.items()))
+        if self.value_bytes:
+            header["value_bytes"] = {k: v.hex() for k, v in sorted(self.value_bytes.items())}
         keys = sorted({k for k, _ in self.keyed})
         header["keys"] = keys
         index = {k: i for i, k in enumerate(keys)}
@@ -236,6 +261,8 @@ def _parse(data: bytes) -> Pack:
         prefix={ctx: t for _, ctx, t in prefix},
         ngrams={ctx: t for _, ctx, t in ngrams},
         keyed={(keys[kid], ctx): t for kid, ctx, t in keyed},
+        closers=header["closers"],
+        value_bytes={k: bytes.fromhex(v) for k, v in header["value_bytes"].items()},
         stats=header["stats"],
     )
 
@@ -246,13 +273,23 @@ def _header(raw: bytes) -> dict:
     if not isinstance(header, dict):
         raise ArtifactError(f"{PART} header is not a JSON object", hint=_REBUILD)
     header.setdefault("copy_input", False)
-    want = {**_HEADER, "copy_input": bool, "keys": list}
+    header.setdefault("closers", {})
+    header.setdefault("value_bytes", {})
+    want = {**_HEADER, "copy_input": bool, "keys": list, "closers": dict, "value_bytes": dict}
     bad = [k for k, t in want.items() if type(header.get(k)) is not t]
     keys = header.get("keys")
     if isinstance(keys, list) and (
         not all(isinstance(k, str) for k in keys) or len(set(keys)) != len(keys)
     ):
         bad.append("keys")
+    closers = header.get("closers")
+    if isinstance(closers, dict) and not all(
+        type(t) is int and 0 <= t < 2**31 for t in closers.values()
+    ):
+        bad.append("closers")
+    value_bytes = header.get("value_bytes")
+    if isinstance(value_bytes, dict) and not all(_is_hex(v) for v in value_bytes.values()):
+        bad.append("value_bytes")
     ints = ("eos", "order", "max_prefix")
     bad += [k for k in ints if k not in bad and not 0 <= header[k] < 2**31]
     if bad:
@@ -261,3 +298,13 @@ def _header(raw: bytes) -> dict:
             hint=_REBUILD,
         )
     return header
+
+
+def _is_hex(v) -> bool:
+    if not isinstance(v, str) or len(v) > 512:
+        return False
+    try:
+        bytes.fromhex(v)
+    except ValueError:
+        return False
+    return True
