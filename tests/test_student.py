@@ -149,6 +149,26 @@ def test_grpo_samples_rewards_with_the_verifier_and_ships_a_gguf_llama_cpp_runs(
     assert art.manifest["metrics"]["llamacpp_torch_agreement"] >= 0.5
 
 
+def test_grpo_samples_real_answers_from_the_trained_student(compiled, tmp_path):
+    """The toy student answers its training inputs right, so its sampled answers earn
+    the verifier's reward (a sampler that broke after the first token earned 0)."""
+    from kolm import align
+    from kolm.compiler import _verified, prepare
+    from kolm.train import load_adapter
+
+    p = prepare(compiled["spec"])
+    cfg = dataclasses.replace(p.spec.train, preference_steps=1, threads=1)
+    sft = next(p.spec.spec_path.parent.glob(".kolm-work/*/*/adapter.pt"))
+    model, tok = load_adapter(p.base.gguf, cfg, sft)
+    res = align.grpo(
+        model, tok, p.fmt, p.spec.description, p.train[:4], _verified(p), cfg,
+        tmp_path / "ckpt", 8, progress=False,
+    )  # fmt: skip
+    assert res.steps == 1 and res.hyper["num_generations"] == 4
+    first, _ = res.hyper["mean_reward_first_last"]
+    assert first > 0.5, res.hyper
+
+
 def test_a_preference_stage_with_no_pairs_is_skipped_with_a_clear_line(compiled):
     spec = compiled["spec"]
     spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, method="orpo"))

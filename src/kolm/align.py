@@ -124,6 +124,8 @@ def align(
     )
 
 
+STAGE_VERSION = 2
+"""Part of the stage's cache key: raised when the same inputs would train differently."""
 MAX_PAIR_PASSES = 3
 """A preference stage sees each pair at most this many times: on the shipped example
 40 DPO steps over its 3 pairs (≈107 passes) took held-out accuracy from 76.6% to 57.8%."""
@@ -310,6 +312,9 @@ def _common_args(cfg: TrainConfig, folder: Path, steps: int, progress: bool) -> 
         "bf16": False,
         "fp16": False,
         "max_length": cfg.max_seq_len,
+        # TRL turns it on by default; for a small model it only recomputes, and under it
+        # GRPO's sampling (use_cache off in train mode) gave garbage after the first token
+        "gradient_checkpointing": False,
     }
 
 
