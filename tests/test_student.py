@@ -119,6 +119,7 @@ def _check_aligned(result, method: str, pref_steps: int = 3) -> None:
     assert result.manifest["metrics"]["student"]["accuracy"] is not None
 
 
+@pytest.mark.slow  # 4 min; the default suite samples GRPO on the compiled toy
 def test_dpo_stage_continues_the_sft_adapter_and_ships_a_gguf_llama_cpp_runs(tmp_path):
     result, lines = _compile_method(tmp_path, "dpo")
     _check_aligned(result, "dpo")
