@@ -103,18 +103,27 @@ def align(
     rows = _tokenized(tok, fmt, instruction, pairs, cfg, contexts)
     steps = preference_steps(cfg, len(pairs))
     trainer, hyper = _trainer(cfg, model, tok, rows, folder, steps, progress)
+    counts: dict[str, int] = {}
+    for p in pairs:
+        counts[p.source] = counts.get(p.source, 0) + 1
+    return _train(trainer, model, folder, progress, cfg.method, len(pairs), counts, hyper)
+
+
+def _train(trainer, model, folder, progress, method, n, counts, hyper) -> AlignResult:
+    """Train (resuming from the latest checkpoint in `folder`) and say how it went."""
     _silence(trainer, progress)
     ckpt = _latest_checkpoint(folder)
     t = time.perf_counter()
     out = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     model.eval()
-    losses = [x["loss"] for x in trainer.state.log_history if "loss" in x]
-    counts: dict[str, int] = {}
-    for p in pairs:
-        counts[p.source] = counts.get(p.source, 0) + 1
+    history = trainer.state.log_history
+    losses = [x["loss"] for x in history if "loss" in x]
+    rewards = [x["reward"] for x in history if "reward" in x]
+    if rewards:
+        hyper["mean_reward_first_last"] = [round(rewards[0], 4), round(rewards[-1], 4)]
     return AlignResult(
-        cfg.method,
-        len(pairs),
+        method,
+        n,
         counts,
         int(out.global_step),
         time.perf_counter() - t,
@@ -205,26 +214,9 @@ def grpo(
         processing_class=tok,
         rollout_func=rollout,
     )
-    _silence(trainer, progress)
-    ckpt = _latest_checkpoint(folder)
-    t = time.perf_counter()
-    out = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
-    model.eval()
-    rewards = [x["reward"] for x in trainer.state.log_history if "reward" in x]
-    losses = [x["loss"] for x in trainer.state.log_history if "loss" in x]
-    hyper["mean_reward_first_last"] = (
-        [round(rewards[0], 4), round(rewards[-1], 4)] if rewards else None
-    )
-    return AlignResult(
-        "grpo",
-        len(examples),
-        {"inputs": len(examples)},
-        int(out.global_step),
-        time.perf_counter() - t,
-        round(losses[-1], 4) if losses else None,
-        hyper,
-        int(ckpt.name.split("-")[-1]) if ckpt else 0,
-    )
+    hyper["mean_reward_first_last"] = None
+    n = len(examples)
+    return _train(trainer, model, folder, progress, "grpo", n, {"inputs": n}, hyper)
 
 
 def _rollout(tok, fmt, instruction, contexts, max_new: int):
