@@ -20,10 +20,10 @@ more than `MAX_REPEAT` repetitions (the converter spells every one out: a
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 
+from kolm.decompose.pack import json_objects
 from kolm.errors import RuntimeFailure, SpecError
 
 MAX_REPEAT = 4096
@@ -105,14 +105,8 @@ def _char(c: str) -> str:
 
 
 def _key_order(outputs: Sequence[str]) -> list[str]:
-    for o in outputs:
-        try:
-            value = json.loads(o)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            return list(value)
-    return []
+    """The keys of the first output that is a JSON object, in its order."""
+    return list(next(json_objects(outputs), {}))
 
 
 class Constraint:

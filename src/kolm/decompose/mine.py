@@ -19,13 +19,12 @@ can only propose: `draft` checks every proposal against the model.
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from kolm.decompose.pack import Pack, copy_continuation, json_key, open_value
+from kolm.decompose.pack import Pack, copy_continuation, json_key, json_objects, open_value
 
 ORDER = 4
 MIN_SUPPORT = 2
@@ -160,15 +159,10 @@ def _count(seqs, piece, order: int, max_prefix: int, json_keys: bool):
 def _value_bytes(outputs: Sequence[str]) -> dict[str, bytes]:
     """Per top-level key, the sorted bytes its string values used in the outputs."""
     seen: dict[str, set[int]] = defaultdict(set)
-    for o in outputs:
-        try:
-            value = json.loads(o)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            for k, v in value.items():
-                if isinstance(v, str):
-                    seen[k].update(v.encode("utf-8"))
+    for value in json_objects(outputs):
+        for k, v in value.items():
+            if isinstance(v, str):
+                seen[k].update(v.encode("utf-8"))
     return {k: bytes(sorted(v)) for k, v in seen.items() if v}
 
 

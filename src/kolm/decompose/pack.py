@@ -23,7 +23,7 @@ import json
 import re
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from kolm.errors import ArtifactError
@@ -80,6 +80,17 @@ def _find_all(hay: bytes, needle: bytes) -> list[int]:
 def open_value(text: bytes) -> bool:
     """Whether `text` ends inside an object's string value (after `"key": "`)."""
     return _OPEN_VALUE.search(text[-256:]) is not None
+
+
+def json_objects(outputs: Sequence[str]) -> Iterator[dict]:
+    """The outputs that parse as JSON objects, parsed, in order."""
+    for o in outputs:
+        try:
+            value = json.loads(o)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            yield value
 
 
 def json_key(text: bytes) -> str:
