@@ -236,3 +236,53 @@ def test_base_auto_compiles_on_the_smallest_installed_rung_and_records_it(compil
     for r in ladder:  # a rung not installed here is skipped with a line, never a crash
         if "skipped" in r:
             assert any(f"skipping {r['base']}" in line for line in lines)
+
+
+def test_the_shared_prefix_loss_holds_for_gemma3_with_sliding_window_layers():
+    """The ladder's second rung (Gemma 3, `gemma3_text`) mixes sliding-window and full
+    attention layers; its shared-prefix loss must equal the full model's, gradients too,
+    with a prefix longer than the window and padded rows."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from kolm.train import (
+        MIN_SHARED_PREFIX,
+        SHARED_PREFIX_ARCHS,
+        _full_loss,
+        answer_loss,
+        shared_prefix,
+    )
+
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(
+        vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=7,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=16, sliding_window=16,
+        max_position_embeddings=256, final_logit_softcapping=None, attn_logit_softcapping=None,
+    )  # fmt: skip
+    assert "full_attention" in cfg.layer_types and "sliding_attention" in cfg.layer_types
+    assert cfg.model_type in SHARED_PREFIX_ARCHS
+    model = get_peft_model(
+        Gemma3ForCausalLM(cfg), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.data.normal_(0, 0.05)  # a non-zero adapter, so the LoRA path matters
+    rows, prefix = 3, torch.randint(0, 320, (1, 40))  # the prefix outruns the window
+    ids = torch.cat([prefix.repeat(rows, 1), torch.randint(0, 320, (rows, 12))], dim=1)
+    mask = torch.ones_like(ids)
+    mask[0, -4:] = 0  # a padded row
+    labels = ids.clone()
+    labels[:, :44] = -100
+    labels[mask == 0] = -100
+    assert shared_prefix(ids, labels) >= MIN_SHARED_PREFIX
+    found = []
+    for fn in (_full_loss, answer_loss):
+        loss = fn(model, ids, mask, labels)
+        loss.backward()
+        found.append((loss.item(), [p.grad.clone() for p in params]))
+        for p in params:
+            p.grad = None
+    (full, g_full), (fast, g_fast) = found
+    assert abs(fast - full) < 1e-5
+    assert max((a - b).abs().max().item() for a, b in zip(g_full, g_fast, strict=True)) < 1e-4

@@ -11,8 +11,10 @@ import json
 import random
 import re
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kolm.errors import SpecError
 
@@ -224,18 +226,26 @@ def _read_text(path: Path) -> str:
         raise SpecError([f"cannot read: {e.strerror}"], source=str(path)) from None
 
 
+def json_lines(text: str) -> Iterator[tuple[int, Any, str | None]]:
+    """(line number, value, None) for each non-blank line of JSON lines text, or
+    (line number, None, what is wrong) for a line that is not JSON."""
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield n, json.loads(line), None
+        except json.JSONDecodeError as e:
+            yield n, None, f"line {n}: not valid JSON ({e.msg})"
+
+
 def _read_rows(path: Path) -> tuple[list[tuple[str, dict]], list[str]]:
     text = _read_text(path)
     if path.suffix.lower() == ".csv":
         return _csv_rows(text)
     rows, problems = [], []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            problems.append(f"line {n}: not valid JSON ({e.msg})")
+    for n, row, error in json_lines(text):
+        if error:
+            problems.append(error)
             continue
         if not isinstance(row, dict):
             problems.append(f"line {n}: expected a JSON object")

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kolm.data import json_lines
 from kolm.errors import SpecError
 from kolm.spec import DEFAULT_BASE
 
@@ -166,13 +167,9 @@ def _sniff(path: Path) -> str:
 
 def _json_rows(text: str) -> tuple[list[tuple[str, str | None]], str]:
     rows, fields = [], set()
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise SpecError([f"line {n}: not valid JSON ({e.msg})"]) from None
+    for n, row, error in json_lines(text):
+        if error:
+            raise SpecError([error])
         if isinstance(row, str):
             rows.append((row, None))
             fields.add("a string → input")

@@ -274,8 +274,9 @@ def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
-SHARED_PREFIX_ARCHS = {"llama"}
-"""Model types whose shared-prefix path is tested equal to the plain forward pass."""
+SHARED_PREFIX_ARCHS = {"llama", "gemma3_text"}
+"""Model types whose shared-prefix path is tested equal to the plain forward pass
+(`gemma3_text` with its sliding-window and full-attention layers mixed)."""
 MIN_SHARED_PREFIX = 8
 
 
