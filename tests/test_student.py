@@ -68,6 +68,43 @@ def test_the_cheaper_loss_has_the_same_value_and_gradients_as_the_full_model():
     _assert_same_loss_and_gradients(model, params, ids, mask, labels)
 
 
+def test_greedy_answers_with_the_instruction_run_once_equal_whole_prompts(monkeypatch):
+    """The llama.cpp/PyTorch agreement check decodes every held-out prompt in PyTorch;
+    running the shared instruction once (its cache copied into each batch, each row's
+    tokens after its padding) must give exactly the answers whole prompts give."""
+    import kolm.train as train
+    from kolm.basemodel import resolve
+    from kolm.data import Example
+    from kolm.prompt import format_from_gguf
+
+    from .toy import INSTRUCTION, toy_examples
+
+    base = resolve("smollm2-135m-instruct")
+    rows = [Example(r["input"], r["output"]) for r in toy_examples()[::9]]
+    fmt = format_from_gguf(base.gguf)
+    (_, _), tok, model, _ = train._setup(
+        base.gguf, fmt, INSTRUCTION, rows, TrainConfig(threads=1), None
+    )
+    model.eval()
+    inputs = [r.input for r in rows] + ["hi", "my card was charged twice this month " * 3]
+    prompts = train.prompt_ids(tok, fmt, INSTRUCTION, inputs)
+    assert len({len(p) for p in prompts}) > 2  # rows of different lengths share a batch
+    assert train._common_prefix(prompts) >= train.MIN_SHARED_PREFIX
+    shared = train.greedy_outputs(model, tok, prompts, 10, batch=4)
+    monkeypatch.setattr(train, "MIN_SHARED_PREFIX", 10**9)  # whole prompts, as before
+    whole = train.greedy_outputs(model, tok, prompts, 10, batch=4)
+    assert all(shared) and shared == whole
+
+
+def test_common_prefix_leaves_every_prompt_a_token_of_its_own():
+    from kolm.train import _common_prefix
+
+    assert _common_prefix([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 9]]) == 2
+    assert _common_prefix([[1, 2, 3], [1, 2, 3]]) == 2
+    assert _common_prefix([[7], [7, 8]]) == 0
+    assert _common_prefix([]) == 0
+
+
 def test_a_preference_stage_shows_each_pair_at_most_three_times():
     cfg = TrainConfig(preference_steps=40, batch_size=8)
     assert preference_steps(cfg, 3) == 2  # 3 pairs: 9 rows seen, 2 batches of 8

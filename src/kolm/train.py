@@ -330,29 +330,67 @@ def greedy_outputs(
     model, tok, prompts: Sequence[list[int]], max_new_tokens: int, batch: int = 8
 ) -> list[str]:
     """PyTorch greedy answers to prompts given as token ids (from `prompt_ids`), for
-    checking that llama.cpp agrees with the trained model."""
+    checking that llama.cpp agrees with the trained model.
+
+    The instruction every prompt opens with is run once, not once per prompt: its
+    keys/values are computed for the shared prefix and copied into each batch, and
+    each row's own tokens follow after its padding (masked, positions counted past
+    the pads), so only the rows' own tokens and the answers are computed per batch.
+    With a 150-label instruction that is ~30× less work than running whole prompts."""
+    import copy
+
     import torch
 
     device = next(model.parameters()).device
     pad = tok.pad_token_id
+    start = _common_prefix(prompts)
+    prefix_cache = None
+    if start >= MIN_SHARED_PREFIX and _model_type(model) in SHARED_PREFIX_ARCHS:
+        with torch.no_grad():
+            head = torch.tensor([list(prompts[0][:start])], dtype=torch.long, device=device)
+            prefix_cache = model(input_ids=head, use_cache=True).past_key_values
+    else:
+        start = 0
     outs: list[str] = []
     for i in range(0, len(prompts), batch):
-        rows = prompts[i : i + batch]
+        rows = [list(r[start:]) for r in prompts[i : i + batch]]
         width = max(len(r) for r in rows)
-        ids = torch.tensor([[pad] * (width - len(r)) + list(r) for r in rows], dtype=torch.long)
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        head_ids = list(prompts[0][:start])
+        ids = [head_ids + [pad] * (width - len(r)) + r for r in rows]
+        mask = [[1] * start + [0] * (width - len(r)) + [1] * len(r) for r in rows]
+        extra = {}
+        if prefix_cache is not None:
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(len(rows))
+            extra["past_key_values"] = cache
         with torch.no_grad():
             gen = model.generate(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
+                input_ids=torch.tensor(ids, dtype=torch.long, device=device),
+                attention_mask=torch.tensor(mask, device=device),
                 do_sample=False,
                 max_new_tokens=max_new_tokens,
                 pad_token_id=pad,
                 eos_token_id=tok.eos_token_id,
+                **extra,
             )
-        new = gen[:, width:]
+        new = gen[:, start + width :]
         outs += [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
     return outs
+
+
+def _common_prefix(prompts: Sequence[list[int]]) -> int:
+    """Leading tokens every prompt shares, leaving each prompt at least one token of its own."""
+    if not prompts:
+        return 0
+    first, n = prompts[0], min(len(p) for p in prompts) - 1
+    for p in prompts[1:]:
+        n = next((j for j in range(n) if p[j] != first[j]), n)
+    return max(n, 0)
+
+
+def _model_type(model) -> str | None:
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(inner.config, "model_type", None)
 
 
 def prompt_ids(
