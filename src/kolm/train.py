@@ -335,8 +335,8 @@ def greedy_outputs(
     The instruction every prompt opens with is run once, not once per prompt: its
     keys/values are computed for the shared prefix and copied into each batch, and
     each row's own tokens follow after its padding (masked, positions counted past
-    the pads), so only the rows' own tokens and the answers are computed per batch.
-    With a 150-label instruction that is ~30× less work than running whole prompts."""
+    the pads), so only the rows' own tokens and the answers are computed per batch
+    (for clinc150's 150-label instruction, 655 of a prompt's ~670 tokens)."""
     import copy
 
     import torch
