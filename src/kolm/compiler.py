@@ -395,7 +395,7 @@ def _align_stage(
 
 
 def _run_align(p: Prepared, work, folder, sft_info, teacher_rows, progress, log) -> dict:
-    from kolm.align import align, grpo, teacher_pairs
+    from kolm.align import align, grpo, preference_steps, teacher_pairs
     from kolm.train import load_adapter
 
     cfg = p.spec.train
@@ -422,7 +422,8 @@ def _run_align(p: Prepared, work, folder, sft_info, teacher_rows, progress, log)
         )
         info["preference"] = {"method": cfg.method, "pairs": 0, "steps": 0, "skipped": "no pairs"}
         return info
-    log(f"kolm: {cfg.method}: {len(pairs)} preference pairs; training {cfg.preference_steps} steps")
+    steps = preference_steps(cfg, len(pairs))
+    log(f"kolm: {cfg.method}: {len(pairs)} preference pairs; training {steps} steps")
     res = align(model, tok, p.fmt, p.spec.description, pairs, cfg, folder / "ckpt", progress, ctx)
     return _finish_align(p, folder, model, tok, info, res, max_new)
 
