@@ -96,6 +96,43 @@ def test_greedy_answers_with_the_instruction_run_once_equal_whole_prompts(monkey
     assert all(shared) and shared == whole
 
 
+@pytest.mark.parametrize("window", [16, 128])
+def test_greedy_answers_of_a_sliding_window_model_equal_whole_prompts(monkeypatch, window):
+    """Gemma 3's sliding-window layers count pads inside the window: the instruction is
+    shared only when every sequence fits in the window, and either way the answers are
+    those of whole prompts."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    import kolm.train as train
+
+    class Tok:
+        pad_token_id, eos_token_id = 0, 1
+
+        def batch_decode(self, rows, skip_special_tokens=True):
+            return [" ".join(str(int(t)) for t in r if int(t) > 1) for r in rows]
+
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(
+        vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=7,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=16, sliding_window=window,
+        max_position_embeddings=256, final_logit_softcapping=None, attn_logit_softcapping=None,
+    )  # fmt: skip
+    model = get_peft_model(
+        Gemma3ForCausalLM(cfg), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    ).eval()
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data.normal_(0, 0.05)
+    prefix = torch.randint(2, 320, (40,)).tolist()
+    prompts = [prefix + torch.randint(2, 320, (n,)).tolist() for n in (3, 9, 5, 12, 1, 7)]
+    assert (train.greedy_prefix(model, prompts, 10) > 0) == (window == 128)
+    shared = train.greedy_outputs(model, Tok(), prompts, 10, batch=4)
+    monkeypatch.setattr(train, "MIN_SHARED_PREFIX", 10**9)  # whole prompts
+    assert train.greedy_outputs(model, Tok(), prompts, 10, batch=4) == shared
+
+
 def test_common_prefix_leaves_every_prompt_a_token_of_its_own():
     from kolm.train import _common_prefix
 

@@ -343,14 +343,12 @@ def greedy_outputs(
 
     device = next(model.parameters()).device
     pad = tok.pad_token_id
-    start = _common_prefix(prompts)
+    start = greedy_prefix(model, prompts, max_new_tokens)
     prefix_cache = None
-    if start >= MIN_SHARED_PREFIX and _model_type(model) in SHARED_PREFIX_ARCHS:
+    if start:
         with torch.no_grad():
             head = torch.tensor([list(prompts[0][:start])], dtype=torch.long, device=device)
             prefix_cache = model(input_ids=head, use_cache=True).past_key_values
-    else:
-        start = 0
     outs: list[str] = []
     for i in range(0, len(prompts), batch):
         rows = [list(r[start:]) for r in prompts[i : i + batch]]
@@ -378,6 +376,21 @@ def greedy_outputs(
     return outs
 
 
+def greedy_prefix(model, prompts: Sequence[list[int]], max_new_tokens: int) -> int:
+    """How many leading tokens `greedy_outputs` runs once for all prompts (0: none).
+
+    Each row's padding sits between the shared prefix and the row's own tokens. A
+    sliding-window layer counts its window in positions of the batch, pads included,
+    so the prefix is shared only when every sequence fits in the window."""
+    start = _common_prefix(prompts)
+    if start < MIN_SHARED_PREFIX or _model_type(model) not in SHARED_PREFIX_ARCHS:
+        return 0
+    window = getattr(_inner(model).config, "sliding_window", None)
+    if window and max(len(p) for p in prompts) + max_new_tokens > window:
+        return 0
+    return start
+
+
 def _common_prefix(prompts: Sequence[list[int]]) -> int:
     """Leading tokens every prompt shares, leaving each prompt at least one token of its own."""
     if not prompts:
@@ -388,9 +401,12 @@ def _common_prefix(prompts: Sequence[list[int]]) -> int:
     return max(n, 0)
 
 
+def _inner(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def _model_type(model) -> str | None:
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return getattr(inner.config, "model_type", None)
+    return getattr(_inner(model).config, "model_type", None)
 
 
 def prompt_ids(
