@@ -102,8 +102,6 @@ def test_greedy_answers_of_a_sliding_window_model_equal_whole_prompts(monkeypatc
     shared only when every sequence fits in the window, and either way the answers are
     those of whole prompts."""
     import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     import kolm.train as train
 
@@ -113,18 +111,7 @@ def test_greedy_answers_of_a_sliding_window_model_equal_whole_prompts(monkeypatc
         def batch_decode(self, rows, skip_special_tokens=True):
             return [" ".join(str(int(t)) for t in r if int(t) > 1) for r in rows]
 
-    torch.manual_seed(0)
-    cfg = Gemma3TextConfig(
-        vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=7,
-        num_attention_heads=4, num_key_value_heads=1, head_dim=16, sliding_window=window,
-        max_position_embeddings=256, final_logit_softcapping=None, attn_logit_softcapping=None,
-    )  # fmt: skip
-    model = get_peft_model(
-        Gemma3ForCausalLM(cfg), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
-    ).eval()
-    for p in model.parameters():
-        if p.requires_grad:
-            p.data.normal_(0, 0.05)
+    model = _tiny_gemma3_with_lora(window).eval()
     prefix = torch.randint(2, 320, (40,)).tolist()
     prompts = [prefix + torch.randint(2, 320, (n,)).tolist() for n in (3, 9, 5, 12, 1, 7)]
     assert (train.greedy_prefix(model, prompts, 10) > 0) == (window == 128)
@@ -306,29 +293,14 @@ def test_the_shared_prefix_loss_holds_for_gemma3_with_sliding_window_layers():
     attention layers; its shared-prefix loss must equal the full model's, gradients too,
     with a prefix longer than the window and padded rows."""
     import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    from kolm.train import (
-        MIN_SHARED_PREFIX,
-        SHARED_PREFIX_ARCHS,
-        shared_prefix,
-    )
+    from kolm.train import MIN_SHARED_PREFIX, SHARED_PREFIX_ARCHS, shared_prefix
 
-    torch.manual_seed(0)
-    cfg = Gemma3TextConfig(
-        vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=7,
-        num_attention_heads=4, num_key_value_heads=1, head_dim=16, sliding_window=16,
-        max_position_embeddings=256, final_logit_softcapping=None, attn_logit_softcapping=None,
-    )  # fmt: skip
+    model = _tiny_gemma3_with_lora(window=16)
+    cfg = model.get_base_model().config
     assert "full_attention" in cfg.layer_types and "sliding_attention" in cfg.layer_types
     assert cfg.model_type in SHARED_PREFIX_ARCHS
-    model = get_peft_model(
-        Gemma3ForCausalLM(cfg), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
-    )
     params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        p.data.normal_(0, 0.05)  # a non-zero adapter, so the LoRA path matters
     rows, prefix = 3, torch.randint(0, 320, (1, 40))  # the prefix outruns the window
     ids = torch.cat([prefix.repeat(rows, 1), torch.randint(0, 320, (rows, 12))], dim=1)
     mask = torch.ones_like(ids)
@@ -355,3 +327,24 @@ def _assert_same_loss_and_gradients(model, params, ids, mask, labels) -> None:
     (full, g_full), (fast, g_fast) = found
     assert abs(fast - full) < 1e-5
     assert max((a - b).abs().max().item() for a, b in zip(g_full, g_fast, strict=True)) < 1e-4
+
+
+def _tiny_gemma3_with_lora(window: int):
+    """A random 7-layer Gemma 3 (five sliding-window layers, one full, one sliding) with
+    a non-zero LoRA adapter, so the adapter's path matters."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(
+        vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=7,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=16, sliding_window=window,
+        max_position_embeddings=256, final_logit_softcapping=None, attn_logit_softcapping=None,
+    )  # fmt: skip
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    model = get_peft_model(Gemma3ForCausalLM(cfg), lora)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data.normal_(0, 0.05)
+    return model
