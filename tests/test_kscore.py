@@ -173,6 +173,17 @@ def test_gate_blocks_and_names_the_weakest_component():
     assert not floor.passed and "accuracy 90.0% is below the floor 95.0%" in floor.reasons[0]
 
 
+def test_gate_beat_floor_blocks_a_student_a_tfidf_classifier_beats():
+    good = kscore(inputs())  # 90% held-out, K well above 0.70
+    below = gate(good, 0.70, floor=0.92)
+    assert not below.passed
+    assert below.reasons == [
+        "accuracy 90.0% is below the TF-IDF floor 92.0% by 2.0% (gate.beat_floor)"
+    ]
+    assert gate(good, 0.70, floor=0.90).passed  # level with the floor is not below it
+    assert gate(good, 0.70, floor=None).passed  # no floor (not a label task, or not asked)
+
+
 def test_roi_break_even():
     econ = {"teacher_usd_per_call": 0.002, "student_usd_per_call": 0.0002, "compile_usd": 9.0}
     r = roi(econ, 100_000)

@@ -6,10 +6,14 @@ import dataclasses
 import json
 
 import pytest
+from click.testing import CliRunner
 
 from kolm.align import preference_steps
 from kolm.artifact import open_artifact
+from kolm.basemodel import resolve
+from kolm.cli import cli
 from kolm.compiler import compile_task
+from kolm.kscore import KInputs
 from kolm.spec import TrainConfig, load_spec
 from kolm.train import _batches, _bucketed_batches
 
@@ -286,6 +290,49 @@ def test_base_auto_compiles_on_the_smallest_installed_rung_and_records_it(compil
     for r in ladder:  # a rung not installed here is skipped with a line, never a crash
         if "skipped" in r:
             assert any(f"skipping {r['base']}" in line for line in lines)
+    # every rung is in the report and in `kolm inspect`, with its K and accuracy
+    report = (compiled["root"] / "auto.report.md").read_text()
+    assert "Base ladder" in report
+    assert f"K {shipped[0]['K']:.3f}, accuracy {shipped[0]['accuracy']:.1%}, passed" in report
+    shown = CliRunner().invoke(cli, ["inspect", str(result.artifact)])
+    assert shown.exit_code == 0, shown.output
+    assert "ladder rung 1: smollm2-135m-instruct" in shown.output
+
+
+def test_a_rung_below_the_tfidf_floor_fails_the_ladder_when_beat_floor_is_set(tmp_path):
+    """`gate.beat_floor` is parsed from the spec, and a rung whose only failure is the
+    floor makes `base: auto` climb; the log and the record say why."""
+    from kolm.errors import GateError
+    from kolm.kscore import gate, kscore
+    from kolm.ladder import compile_ladder, rung_record
+
+    root = write_toy_task(tmp_path / "task", extra="gate: {min_k: 0.7, beat_floor: true}\n")
+    spec = dataclasses.replace(load_spec(root), base="auto")
+    assert spec.gate.beat_floor and spec.gate.min_k == 0.7
+    accuracy = {"smollm2-135m-instruct": 0.70, "gemma3-270m": 0.80}
+    tried: list[str] = []
+
+    def fake_compile(rung, out, log, force, ladder, **kw):  # the real gate, a fixed floor
+        tried.append(rung.base)
+        score = kscore(KInputs(accuracy.get(rung.base, 0.8), 0.8, 1e8, 0.1, 1.0, 0.0, 1e-3, 1.0))
+        verdict = gate(score, spec.gate.min_k, floor=0.75)
+        k = score.K
+        ladder.append(rung_record(rung.base, "x", k, verdict.passed, 0, verdict.reasons))
+        if not verdict.passed and not force:
+            raise GateError("not shipped: " + "; ".join(verdict.reasons))
+        return list(ladder)
+
+    smol = resolve("smollm2-135m-instruct").gguf
+    spec = dataclasses.replace(spec, ladder=(str(smol),))
+    lines: list[str] = []
+    record = compile_ladder(spec, tmp_path / "x.kolm", lines.append, False, fake_compile)
+    first = next(r for r in record if "K" in r)
+    assert first["K"] >= 0.7 and not first["passed"]  # K passes; the floor does not
+    assert first["reasons"] == [
+        "accuracy 70.0% is below the TF-IDF floor 75.0% by 5.0% (gate.beat_floor)"
+    ]
+    assert any("TF-IDF floor 75.0%" in line and "climbing" in line for line in lines)
+    assert len(tried) == 2 and [r["passed"] for r in record if "K" in r] == [False, True]
 
 
 def test_the_shared_prefix_loss_holds_for_gemma3_with_sliding_window_layers():

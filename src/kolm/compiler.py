@@ -236,6 +236,10 @@ def compile_task(
     p = prepare(spec, extra_inputs or [])
     for warning in p.warnings:
         log(f"kolm: warning: {warning}")
+    if spec.gate.beat_floor and p.output_kind != "label":
+        log(
+            f"kolm: warning: gate.beat_floor applies to label tasks; this task's output is {p.output_kind}"
+        )
     keys = keys or KeyStore()
     keys.ensure()
     base_sha = p.base.sha256()
@@ -303,6 +307,7 @@ def compile_task(
     manifest["gate"] = {
         "min_k": p.spec.gate.min_k,
         "min_accuracy": p.spec.gate.min_accuracy,
+        "beat_floor": p.spec.gate.beat_floor,
         **verdict.to_dict(),
         "overridden": not verdict.passed and force,
     }
@@ -310,7 +315,9 @@ def compile_task(
         from kolm.ladder import rung_record
 
         acc = metrics["student"]["accuracy"]
-        ladder.append(rung_record(p.base.name, p.base.license, score.K, verdict.passed, acc))
+        ladder.append(
+            rung_record(p.base.name, p.base.license, score.K, verdict.passed, acc, verdict.reasons)
+        )
         manifest["ladder"] = list(ladder)
     details = {"heldout": ev["rows"], "latencies_s": ev["latencies_s"]}
     report_path = write_reports(Path(out), manifest, details)
@@ -773,7 +780,8 @@ def _score(p: Prepared, metrics: dict, size: int, student_usd_per_call: float):
         coverage=s["verifier_pass_rate"],
     )
     score = kscore(inputs)
-    return score, gate(score, p.spec.gate.min_k, p.spec.gate.min_accuracy)
+    floor = metrics.get("floor", {}).get("accuracy") if p.spec.gate.beat_floor else None
+    return score, gate(score, p.spec.gate.min_k, p.spec.gate.min_accuracy, floor)
 
 
 def _economics(p: Prepared, metrics: dict, report, teacher: dict) -> dict:

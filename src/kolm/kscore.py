@@ -119,8 +119,11 @@ class GateVerdict:
         return {"passed": self.passed, "reasons": self.reasons}
 
 
-def gate(score: KScore, min_k: float, min_accuracy: float | None = None) -> GateVerdict:
-    """Pass when K ≥ min_k (and accuracy ≥ min_accuracy); say what fell short and by how much."""
+def gate(
+    score: KScore, min_k: float, min_accuracy: float | None = None, floor: float | None = None
+) -> GateVerdict:
+    """Pass when K ≥ min_k (and accuracy ≥ min_accuracy, and ≥ the classical `floor`'s
+    accuracy when given); say what fell short and by how much."""
     reasons = []
     if min_k > score.K:
         parts = score.parts
@@ -135,6 +138,11 @@ def gate(score: KScore, min_k: float, min_accuracy: float | None = None) -> Gate
     if min_accuracy is not None and acc < min_accuracy:
         reasons.append(
             f"accuracy {acc:.1%} is below the floor {min_accuracy:.1%} by {min_accuracy - acc:.1%}"
+        )
+    if floor is not None and acc < floor:
+        reasons.append(
+            f"accuracy {acc:.1%} is below the TF-IDF floor {floor:.1%} by {floor - acc:.1%}"
+            " (gate.beat_floor)"
         )
     return GateVerdict(not reasons, reasons)
 

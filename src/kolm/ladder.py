@@ -52,7 +52,8 @@ def compile_ladder(
             )
         except GateError as e:
             last = e
-            log(f"kolm: ladder: {name} failed the gate ({climbed[-1]['K']:.3f}); climbing")
+            why = "; ".join(climbed[-1].get("reasons") or [f"K {climbed[-1]['K']:.3f}"])
+            log(f"kolm: ladder: {name} failed the gate ({why}); climbing")
     assert last is not None
     raise GateError(f"every rung of the ladder failed the gate; last: {last.message}", last.hint)
 
@@ -72,11 +73,21 @@ def _installed(spec: TaskSpec, climbed: list[dict], log) -> list[str]:
     return names
 
 
-def rung_record(base_name: str, license: str, k: float, passed: bool, accuracy: float) -> dict:
-    return {
+def rung_record(
+    base_name: str,
+    license: str,
+    k: float,
+    passed: bool,
+    accuracy: float,
+    reasons: list[str] | tuple[str, ...] = (),
+) -> dict:
+    record = {
         "base": base_name,
         "license": license,
         "K": round(k, 4),
         "accuracy": round(accuracy, 4),
         "passed": passed,
     }
+    if reasons:
+        record["reasons"] = list(reasons)
+    return record

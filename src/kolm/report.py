@@ -61,6 +61,18 @@ def floor_verdict(metrics: dict) -> str | None:
     )
 
 
+def ladder_lines(manifest: dict) -> list[tuple[str, str]]:
+    """(base, what happened) per rung `base: auto` tried, in order; [] without a ladder."""
+    out = []
+    for r in manifest.get("ladder") or []:
+        if "skipped" in r:
+            out.append((r["base"], f"skipped: {r['skipped']}"))
+            continue
+        what = "passed" if r["passed"] else "failed: " + "; ".join(r.get("reasons") or ["gate"])
+        out.append((r["base"], f"K {r['K']:.3f}, accuracy {r['accuracy']:.1%}, {what}"))
+    return out
+
+
 def break_even_calls(econ: dict) -> float | None:
     saving = econ["teacher_usd_per_call"] - econ["student_usd_per_call"]
     if saving <= 0:
@@ -151,6 +163,11 @@ def _sections(m: dict, details: dict) -> list[tuple[str, list[str], list[list[st
             rows,
         ),
         ("Fidelity", ["measure", "value"], extra),
+        *(
+            [("Base ladder (`base: auto`)", ["base", "result"], [list(r) for r in ladder_lines(m)])]
+            if m.get("ladder")
+            else []
+        ),
         ("Cost", ["measure", "value"], cost),
     ]
     per_class = met["student"].get("per_class")

@@ -127,6 +127,10 @@ class GateConfig:
     """Minimum K-score; below it compile writes no .kolm unless --force."""
     min_accuracy: float | None = None
     """Optional floor on held-out accuracy, checked as well as K."""
+    beat_floor: bool = False
+    """Label tasks: fail the gate when the student's held-out accuracy is below the
+    TF-IDF + logistic-regression floor on the same split (under `base: auto`, the
+    ladder then climbs past a rung that a classical classifier beats)."""
     teacher_latency_s: float = 1.0
     """Teacher latency per call when no teacher is measured (gold labels stand in)."""
     teacher_usd_per_1k: float = 1.0

@@ -28,6 +28,15 @@ def _floor_line(metrics: dict) -> str | None:
     return floor_verdict(metrics)
 
 
+def _ladder_rows(manifest: dict) -> list[tuple[str, str]]:
+    """One row per rung `base: auto` tried (K, accuracy, why it failed), for summaries."""
+    from kolm.report import ladder_lines
+
+    return [
+        (f"ladder rung {i}: {b}", what) for i, (b, what) in enumerate(ladder_lines(manifest), 1)
+    ]
+
+
 def _short(text: str, n: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= n else text[: n - 1] + "…"

@@ -11,6 +11,7 @@ from kolm.cli.app import cli
 from kolm.cli.common import (
     _floor_line,
     _k_line,
+    _ladder_rows,
     _precision_rows,
     _table,
     base_option,
@@ -367,6 +368,7 @@ def _print_compile_summary(result) -> None:
         *_precision_rows(result.manifest.get("precision")),
         ("artifact", f"{result.artifact} ({size / 1e6:.1f} MB)"),
         ("artifact id", result.artifact_id[:16]),
+        *_ladder_rows(result.manifest),
         ("K-score", _k_line(result.manifest)),
         ("report", str(result.report)),
     ]

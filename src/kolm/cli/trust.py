@@ -8,7 +8,14 @@ from pathlib import Path
 import click
 
 from kolm.cli.app import cli
-from kolm.cli.common import _floor_line, _k_line, _precision_rows, _short, _table
+from kolm.cli.common import (
+    _floor_line,
+    _k_line,
+    _ladder_rows,
+    _precision_rows,
+    _short,
+    _table,
+)
 from kolm.cli.recall import inspect_rows
 
 
@@ -89,6 +96,7 @@ def inspect_cmd(artifact: Path, as_json: bool) -> None:
     rows += _precision_rows(m.get("precision"))
     if "kscore" in m:
         rows.append(("K-score", _k_line(m)))
+    rows += _ladder_rows(m)
     rows += _recipe_rows(m.get("recipes"))
     rows.append(("versions", ", ".join(f"{k} {v}" for k, v in m["versions"].items())))
     click.echo(_table(rows, (str(artifact), "")))
