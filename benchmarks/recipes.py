@@ -1,12 +1,14 @@
 """Recipe pack vs plain decoding (and llama-cpp-python's draft hook), side by side.
 
     .venv/bin/python benchmarks/recipes.py A.kolm [B.kolm ...] [--inputs 40] [--rounds 2]
-        [--threads 1] [--hook] [--remine] [--merge q8_0] [--json]
+        [--threads 1] [--hook] [--remine] [--merge q8_0] [--no-anchors] [--max-draft N] [--json]
 
 For each artifact: its held-out inputs, answered in every mode by the same process
 input by input, the order of the modes rotated from one input to the next, so all
 modes share the llama.cpp build, the inputs and the machine's load at that moment.
 Modes: `plain` (one token per step), `pack` (kolm's drafting loop, `decompose.draft`)
+`noanchor` (with `--no-anchors`: the same pack without its value anchors), `long`
+(with `--max-draft N`: the pack with a draft limit of N tokens instead of 12)
 and, with `--hook`, `hook`: llama-cpp-python's own speculative decoding
 (`Llama(draft_model=...)`) with a `LlamaDraftModel` backed by the same pack, in a
 second `Llama` on the same model files. Per input the prompt alone (prompt + first
@@ -37,7 +39,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-MODES = ("plain", "pack", "hook")
+MODES = ("plain", "pack", "hook", "noanchor", "long")
 
 
 def main() -> None:
@@ -49,6 +51,17 @@ def main() -> None:
     ap.add_argument("--hook", action="store_true", help="Also time the LlamaDraftModel hook.")
     ap.add_argument("--remine", action="store_true", help="Mine the pack again with this kolm.")
     ap.add_argument("--merge", default=None, help="Measure a merged build at this precision.")
+    ap.add_argument(
+        "--no-anchors",
+        action="store_true",
+        help="Also time the pack without its value anchors (mode `noanchor`).",
+    )
+    ap.add_argument(
+        "--max-draft",
+        type=int,
+        default=None,
+        help="Also time the pack with this draft limit (mode `long`).",
+    )
     ap.add_argument("--json", dest="as_json", action="store_true")
     args = ap.parse_args()
     results = [measure(a, args) for a in args.artifacts]
@@ -70,14 +83,21 @@ def measure(path: Path, args) -> dict:
     student.pack = pack
     rows = [json.loads(x) for x in art.read_text("heldout.jsonl").splitlines() if x.strip()]
     inputs = [r["input"] for r in rows][: args.inputs]
-    modes = [m for m in MODES if m != "hook" or args.hook]
+    modes = ["plain", "pack", *(["hook"] if args.hook else [])]
     run = {"plain": _kolm(student, None), "pack": _kolm(student, pack)}
+    if args.no_anchors:
+        modes.append("noanchor")
+        run["noanchor"] = _kolm(student, replace(pack, anchors={}))
+    if args.max_draft:
+        modes.append("long")
+        run["long"] = _kolm(student, pack, args.max_draft)
     hook = _Hook(student, pack) if args.hook else None
     if hook:
         run["hook"] = hook
     stats = {m: _Acc() for m in modes}
     identical = {m: True for m in modes if m != "plain"}
     same_conf = 0
+    assert modes[0] == "plain"
     for m in modes:
         run[m](inputs[0])  # warm-up
     for r in range(args.rounds):
@@ -125,9 +145,11 @@ class _Run:
         self.steps, self.secs = steps, secs
 
 
-def _kolm(student, pack):
+def _kolm(student, pack, max_draft=None):
+    from kolm.decompose.mine import MAX_DRAFT
+
     def run(text: str) -> _Run:
-        student.pack = pack
+        student.pack, student.max_draft = pack, max_draft or MAX_DRAFT
         t0 = time.perf_counter()
         ans = student.answer(text)
         secs = time.perf_counter() - t0

@@ -114,6 +114,42 @@ def test_skeleton_closers_and_value_bytes_draft_more_of_the_held_out_answers(tok
     assert b"".join(tok.piece(t) for t in draft).startswith(b'V-2291",')
 
 
+def test_value_anchors_draft_a_value_before_its_first_byte(tok):
+    """Where the input holds an anchor once (`$` before a total, `from ` before a vendor),
+    the whole value is drafted from the input right after `"key": "`: held-out answers
+    are drafted in fewer steps than with copying that waits for a value's first bytes."""
+    from kolm.decompose.mine import chain
+
+    train, held = ROWS[:150], ROWS[200:]
+    pack = mine(
+        [r["output"] for r in train], tok, json_keys=True, inputs=[r["input"] for r in train]
+    )
+    assert pack.copy_input and b"$" in pack.anchors["total"] and pack.anchors["vendor"]
+    assert pack.stats["entries"]["anchors"] == sum(map(len, pack.anchors.values()))
+    source = b"Statement from Acme Tools: invoice INV-2291, balance $310.00, payable by 2025-05-01."
+    for text, value in [(b'{"vendor": "', b"Acme Tools"), (b'"total": "', b"310.00")]:
+        draft = chain(pack, tok.tokenize(text.decode()), text, tok.piece, 12, source, tok.tokenize)
+        assert b"".join(tok.piece(t) for t in draft).startswith(value + b'",'), text
+    seqs = [tok.tokenize(r["output"]) + [tok.eos] for r in held]
+    args = dict(sources=[r["input"] for r in held], tokenize=tok.tokenize)
+    bare = replace(pack, anchors={})
+    assert replay_share(pack, seqs, tok.piece, **args) > replay_share(bare, seqs, tok.piece, **args)
+    assert Pack.from_bytes(pack.to_bytes()) == pack
+
+
+def test_an_anchor_that_was_once_wrong_is_not_kept():
+    from kolm.decompose.mine import _anchors
+
+    outs = [json.dumps({"to": n, "code": "zz"}) for n in ("Ann Lee", "Bo Chan", "Cy Diaz")]
+    ins = [f"please pay {n} today" for n in ("Ann Lee", "Bo Chan", "Cy Diaz")]
+    assert b"pay ".endswith(_anchors(ins, outs, 2)["to"][0])  # the shortest that is unique
+    assert "code" not in _anchors(ins, outs, 2)  # its value is never in the input
+    wrong = [*ins, "please pay the invoice, Di Fox"]  # `pay ` once, not before the value
+    got = _anchors(wrong, [*outs, json.dumps({"to": "Di Fox"})], 2)
+    assert all(not a.endswith(b"pay ") for a in got.get("to", ()))
+    assert _anchors(ins[:2], outs[:2], 2) == {}  # three inputs at least
+
+
 def test_damaged_pack_bytes_are_refused(tok):
     data = mine([r["output"] for r in ROWS[:40]], tok, json_keys=True).to_bytes()
     for bad in (data[: len(data) // 2], b"XXXX" + data[4:], data + b"\0"):
@@ -168,6 +204,30 @@ def test_drafting_is_byte_identical_on_mined_inputs(students):
         assert a.drafted_share is None and b.drafted_share is not None
         drafted += b.drafted_share
     assert drafted > 3  # the drafts were really used (and sometimes rejected)
+
+
+def test_drafting_with_value_anchors_is_byte_identical(base, tok):
+    """A pack mined from gold answers and inputs (copying and anchors on) proposes whole
+    values to an untrained base that writes other things: every answer is unchanged."""
+    train = ROWS[:150]
+    pack = mine(
+        [r["output"] for r in train], tok, json_keys=True, inputs=[r["input"] for r in train]
+    )
+    assert pack.anchors
+    fmt = format_from_gguf(base)
+    dec = Decoding(max_tokens=MAX_TOKENS, threads=1, flash_attn=True)
+    plain = Student(base, None, fmt, INSTRUCTION, dec)
+    fast = Student(base, None, fmt, INSTRUCTION, dec, pack=pack)
+    try:
+        proposed = 0
+        for r in ROWS[200:206]:
+            a, b = plain.answer(r["input"]), fast.answer(r["input"])
+            assert _same(a, b), (r["input"], a, b)
+            proposed += fast.last_decode.proposed
+        assert proposed > 0
+    finally:
+        plain.close()
+        fast.close()
 
 
 @pytest.mark.slow

@@ -37,6 +37,7 @@ GOOD = Pack(
     keyed={("total", (1,)): 2, ("vendor", (7, 8)): 9},
     closers={"total": 6, "vendor": 6},
     value_bytes={"total": b".0123456789", "vendor": b" ABab"},
+    anchors={"total": (b"$", b"\x00Total "), "vendor": (b"from ",)},
     stats={"sequences": 3},
 )
 HEADER = {
@@ -127,6 +128,13 @@ def test_compression_bomb_is_refused_without_inflating_it(monkeypatch):
         ({"value_bytes": {"a": "zz"}}, "value_bytes"),
         ({"value_bytes": {"a": 12}}, "value_bytes"),
         ({"value_bytes": {"a": "00" * 300}}, "value_bytes"),
+        ({"anchors": {"a": "24"}}, "anchors"),
+        ({"anchors": {"a": ["zz"]}}, "anchors"),
+        ({"anchors": {"a": [""]}}, "anchors"),
+        ({"anchors": {"a": []}}, "anchors"),
+        ({"anchors": {"a": ["00" * 17]}}, "anchors"),
+        ({"anchors": {"a": ["24"] * 33}}, "anchors"),
+        ({"anchors": []}, "anchors"),
         ({"order": None}, "order"),
     ],
 )

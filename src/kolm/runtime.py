@@ -116,6 +116,10 @@ class Student:
 
             self._constraint = Constraint(self._llm, grammar)
         self.last_decode = None
+        from kolm.decompose.mine import MAX_DRAFT
+
+        self.max_draft = MAX_DRAFT
+        """Most tokens one drafting step proposes (benchmarks vary it)."""
         """How the last answer was decoded (`decompose.draft.Decoded`)."""
         self._prefix = token_ids(fmt.prefix_segments(instruction), self._tokenize)
         self._llm.reset()
@@ -170,6 +174,7 @@ class Student:
             pieces=self._pieces,
             source=user_input.encode("utf-8"),
             constraint=self._constraint,
+            max_draft=self.max_draft,
             on_text=deltas.feed if deltas is not None else None,
         )
         self.last_decode = out

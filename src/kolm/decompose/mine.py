@@ -19,12 +19,23 @@ can only propose: `draft` checks every proposal against the model.
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from kolm.decompose.pack import Pack, copy_continuation, json_key, json_objects, open_value
+from kolm.decompose.pack import (
+    MAX_ANCHOR_BYTES,
+    MAX_ANCHORS,
+    START,
+    Pack,
+    anchored_value,
+    copy_continuation,
+    json_key,
+    json_objects,
+    open_value,
+)
 
 ORDER = 4
 MIN_SUPPORT = 2
@@ -105,7 +116,7 @@ def mine(
     pack = _pruned(pack, tok.piece)
     train_share = replay_share(pack, seqs, tok.piece)
     if inputs and json_keys:
-        copying = replace(pack, copy_input=True)
+        copying = replace(pack, copy_input=True, anchors=_anchors(inputs, outputs, min_support))
         share = replay_share(copying, seqs, tok.piece, sources=inputs, tokenize=tok.tokenize)
         if share > train_share + 0.02:
             pack, train_share = copying, share
@@ -117,6 +128,7 @@ def mine(
             "ngram": len(pack.ngrams),
             "keyed": len(pack.keyed),
             "closers": len(pack.closers),
+            "anchors": sum(map(len, pack.anchors.values())),
         },
         "labels": len(labels),
         "min_support": min_support,
@@ -164,6 +176,76 @@ def _value_bytes(outputs: Sequence[str]) -> dict[str, bytes]:
             if isinstance(v, str):
                 seen[k].update(v.encode("utf-8"))
     return {k: bytes(sorted(v)) for k, v in seen.items() if v}
+
+
+def _anchors(
+    inputs: Sequence[str], outputs: Sequence[str], min_support: int
+) -> dict[str, tuple[bytes, ...]]:
+    """Per key, the input byte strings (up to MAX_ANCHOR_BYTES, `START` marking the
+    input's start) after which that key's string value began in every input where the
+    string occurred exactly once, seen at least `min_support` (and 3) times; most
+    supported first. Only keys whose value is in at least half the inputs get any.
+
+    A candidate is any string that ended right before a copied value; it is then
+    checked against every input, so one input where it occurs once but the value does
+    not follow (or the value is not copied at all) rules it out."""
+    pairs = []
+    for source, out in zip(inputs, outputs, strict=True):
+        try:
+            value = json.loads(out)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            pairs.append((START + source.encode("utf-8"), value))
+    candidates: dict[str, set[bytes]] = defaultdict(set)
+    for hay, obj in pairs:
+        for k, v in obj.items():
+            v = v.encode("utf-8") if isinstance(v, str) else b""
+            at = hay.find(v, 1) if len(v) >= 2 else -1
+            for n in range(1, MAX_ANCHOR_BYTES + 1) if at > 0 else ():
+                if at - n < 0:
+                    break
+                candidates[k].add(hay[at - n : at])
+    out: dict[str, tuple[bytes, ...]] = {}
+    for k, cands in sorted(candidates.items()):
+        cover: dict[bytes, set[int]] = defaultdict(set)
+        ruled_out: set[bytes] = set()
+        for i, (hay, obj) in enumerate(pairs):
+            v = obj.get(k)
+            v = v.encode("utf-8") if isinstance(v, str) else None
+            for a in cands - ruled_out:
+                at = hay.find(a)
+                if at < 0 or hay.find(a, at + 1) >= 0:
+                    continue  # absent, or not unique: an anchor is used only when unique
+                if v and hay.startswith(v, at + len(a)):
+                    cover[a].add(i)
+                else:
+                    ruled_out.add(a)
+        copied = sum(1 for hay, obj in pairs if _copied(obj.get(k), hay))
+        if 2 * copied < len(pairs):
+            continue  # the key's value is mostly not in its input (a normalized field)
+        kept = [a for a in cands - ruled_out if len(cover[a]) >= max(min_support, 3)]
+        kept.sort(key=lambda a: (-len(cover[a]), len(a), a))
+        if kept:
+            out[k] = tuple(_covering(kept, cover)[:MAX_ANCHORS])
+    return out
+
+
+def _copied(value, hay: bytes) -> bool:
+    return isinstance(value, str) and len(value) >= 2 and value.encode("utf-8") in hay
+
+
+def _covering(anchors: list[bytes], cover: dict[bytes, set[int]]) -> list[bytes]:
+    """The anchors, in order, that each answer some input no earlier one answers: at
+    run time the first anchor found once in the input wins, and every kept anchor
+    was right wherever it was found once."""
+    kept: list[bytes] = []
+    seen: set[int] = set()
+    for a in anchors:
+        if not cover[a] <= seen:
+            kept.append(a)
+            seen |= cover[a]
+    return kept
 
 
 def _certain(table: dict, min_support: int) -> dict:
@@ -221,7 +303,8 @@ def chain(
     right after that span, the key's closer (when the pack has one) ends the value."""
     out: list[int] = []
     ctx = list(answer)
-    copied = not (pack.copy_input and source and tokenize)
+    can_copy = bool(pack.copy_input and source and tokenize)
+    copied: str | None = None  # the key whose value was copied (one span per value)
     closable = False
     while len(out) < limit:
         key = json_key(text) if pack.json_keys else None
@@ -230,9 +313,12 @@ def chain(
             toks: list[int] = []
             if closable:
                 toks = [pack.closers[key]] if key in pack.closers and open_value(text) else []
-            elif not copied:
-                copied = True
-                span = copy_continuation(text, source, allowed=pack.value_bytes.get(key))
+            elif can_copy and copied != key:
+                copied = key
+                allowed = pack.value_bytes.get(key)
+                span = copy_continuation(text, source, allowed=allowed)
+                if not span and key in pack.anchors and text.endswith(b'"') and open_value(text):
+                    span = anchored_value(source, pack.anchors[key], allowed=allowed)
                 toks = tokenize(span.decode("utf-8", "ignore")) if span else []
             closable = bool(toks) and not closable
             if not toks:

@@ -7,7 +7,11 @@ last k tokens under the most recent JSON key. `next_token` asks them from the
 most specific to the least. For JSON outputs it also keeps the skeleton's
 value closers: per key, the one token that always ended that key's string value
 (`",` before the next key, `"}` after the last), which no n-gram can predict
-because it follows the value's variable tokens. The pack serializes to a compact, versioned byte
+because it follows the value's variable tokens, and, for answers that copy their
+inputs, per key the **value anchors**: short byte strings that, wherever one occurs
+exactly once in an input, were always followed there by that key's value (`$`
+before a total, `due on ` before a date), so a value can be drafted from the input
+before its first byte is written. The pack serializes to a compact, versioned byte
 string: the same tables always give the same bytes.
 
 It knows token ids and bytes; it does not know the tokenizer, the model or how
@@ -59,14 +63,43 @@ def copy_continuation(
         nexts = {source[p + n : p + n + 4] for p in spots}
         if len(nexts) != 1:
             return b""
-        cont = _STOP.split(source[spots[0] + n : spots[0] + n + max_bytes], maxsplit=1)[0]
-        if allowed is not None:
-            cont = cont[: next((i for i, b in enumerate(cont) if b not in allowed), len(cont))]
-        return cont
+        return _cut(source[spots[0] + n : spots[0] + n + max_bytes], allowed)
     return b""
 
 
 _STOP = re.compile(rb'["\n,;:()\[\]{}]')
+START = b"\x00"
+"""Marks the start of the input for anchors (a value that opens the input has the
+anchor `START`)."""
+MAX_ANCHORS = 32
+MAX_ANCHOR_BYTES = 16
+
+
+def anchored_value(
+    source: bytes, anchors: Sequence[bytes], max_bytes: int = 24, allowed: bytes | None = None
+) -> bytes:
+    """A string value drafted from `source` before any of it is written.
+
+    The first of `anchors` (most supported first) that occurs exactly once in the
+    source (with `START` before it) gives the value's start; the draft is what
+    follows, cut as `copy_continuation` cuts it."""
+    hay = START + source
+    for a in anchors:
+        spots = _find_all(hay, a)
+        if len(spots) != 1:
+            continue
+        start = spots[0] + len(a)
+        cont = _cut(hay[start : start + max_bytes], allowed)
+        if cont:
+            return cont
+    return b""
+
+
+def _cut(cont: bytes, allowed: bytes | None) -> bytes:
+    cont = _STOP.split(cont, maxsplit=1)[0]
+    if allowed is not None:
+        cont = cont[: next((i for i, b in enumerate(cont) if b not in allowed), len(cont))]
+    return cont
 
 
 def _find_all(hay: bytes, needle: bytes) -> list[int]:
@@ -125,6 +158,9 @@ class Pack:
     closers: dict[str, int] = field(default_factory=dict)
     """Per JSON key, the token that always ended its string value (the skeleton between
     one value and the next key); proposed after a value copied from the input."""
+    anchors: dict[str, tuple[bytes, ...]] = field(default_factory=dict)
+    """Per JSON key, input byte strings always followed by that key's value where they
+    occur once (`START` + text: the input opens with it); most supported first."""
     stats: dict = field(default_factory=dict)
     """What mining saw and measured (sequences, tokens, expected hit rate, ...)."""
 
@@ -183,6 +219,8 @@ class Pack:
             header["closers"] = dict(sorted(self.closers.items()))
         if self.value_bytes:
             header["value_bytes"] = {k: v.hex() for k, v in sorted(self.value_bytes.items())}
+        if self.anchors:
+            header["anchors"] = {k: [a.hex() for a in v] for k, v in sorted(self.anchors.items())}
         keys = sorted({k for k, _ in self.keyed})
         header["keys"] = keys
         index = {k: i for i, k in enumerate(keys)}
@@ -274,6 +312,7 @@ def _parse(data: bytes) -> Pack:
         keyed={(keys[kid], ctx): t for kid, ctx, t in keyed},
         closers=header["closers"],
         value_bytes={k: bytes.fromhex(v) for k, v in header["value_bytes"].items()},
+        anchors={k: tuple(bytes.fromhex(a) for a in v) for k, v in header["anchors"].items()},
         stats=header["stats"],
     )
 
@@ -286,7 +325,15 @@ def _header(raw: bytes) -> dict:
     header.setdefault("copy_input", False)
     header.setdefault("closers", {})
     header.setdefault("value_bytes", {})
-    want = {**_HEADER, "copy_input": bool, "keys": list, "closers": dict, "value_bytes": dict}
+    header.setdefault("anchors", {})
+    want = {
+        **_HEADER,
+        "copy_input": bool,
+        "keys": list,
+        "closers": dict,
+        "value_bytes": dict,
+        "anchors": dict,
+    }
     bad = [k for k, t in want.items() if type(header.get(k)) is not t]
     keys = header.get("keys")
     if isinstance(keys, list) and (
@@ -301,6 +348,14 @@ def _header(raw: bytes) -> dict:
     value_bytes = header.get("value_bytes")
     if isinstance(value_bytes, dict) and not all(_is_hex(v) for v in value_bytes.values()):
         bad.append("value_bytes")
+    anchors = header.get("anchors")
+    if isinstance(anchors, dict) and not all(
+        isinstance(v, list)
+        and 0 < len(v) <= MAX_ANCHORS
+        and all(_is_hex(a, MAX_ANCHOR_BYTES) and a for a in v)
+        for v in anchors.values()
+    ):
+        bad.append("anchors")
     ints = ("eos", "order", "max_prefix")
     bad += [k for k in ints if k not in bad and not 0 <= header[k] < 2**31]
     if bad:
@@ -311,8 +366,8 @@ def _header(raw: bytes) -> dict:
     return header
 
 
-def _is_hex(v) -> bool:
-    if not isinstance(v, str) or len(v) > 512:
+def _is_hex(v, max_bytes: int = 256) -> bool:
+    if not isinstance(v, str) or len(v) > 2 * max_bytes:
         return False
     try:
         bytes.fromhex(v)
