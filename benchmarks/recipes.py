@@ -8,7 +8,7 @@ input by input, the order of the modes rotated from one input to the next, so al
 modes share the llama.cpp build, the inputs and the machine's load at that moment.
 Modes: `plain` (one token per step), `pack` (kolm's drafting loop, `decompose.draft`)
 `noanchor` (with `--no-anchors`: the same pack without its value anchors), `long`
-(with `--max-draft N`: the pack with a draft limit of N tokens instead of 12)
+(with `--max-draft N`: the pack with a draft limit of N tokens instead of the default)
 and, with `--hook`, `hook`: llama-cpp-python's own speculative decoding
 (`Llama(draft_model=...)`) with a `LlamaDraftModel` backed by the same pack, in a
 second `Llama` on the same model files. Per input the prompt alone (prompt + first

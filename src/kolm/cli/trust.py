@@ -106,8 +106,16 @@ def _recipe_rows(r: dict | None) -> list[tuple[str, str]]:
     if not r:
         return [("recipe pack", "none (plain decoding)")]
     measured = r.get("heldout_drafted_share")
+    counts = (r.get("stats") or {}).get("entries") or {}
+    extra = "".join(
+        f", {counts[k]} {k}" for k in ("closers", "anchors") if counts.get(k)
+    )  # packs mined before value anchors have none
+    copying = ", copies from the input" if (r.get("stats") or {}).get("copy_input") else ""
     return [
-        ("recipe pack", f"{r['part']}: {r['bytes'] / 1e3:.1f} kB, {r['entries']} entries"),
+        (
+            "recipe pack",
+            f"{r['part']}: {r['bytes'] / 1e3:.1f} kB, {r['entries']} entries{extra}{copying}",
+        ),
         (
             "  expected hit rate",
             f"{r['expected_hit_rate']:.1%} of answer tokens drafted"
