@@ -130,6 +130,9 @@ def test_compression_bomb_is_refused_without_inflating_it(monkeypatch):
         ({"value_bytes": {"a": "00" * 300}}, "value_bytes"),
         ({"anchors": {"a": "24"}}, "anchors"),
         ({"anchors": {"a": ["zz"]}}, "anchors"),
+        ({"anchors": {"a": [" "]}}, "anchors"),  # fromhex(" ") is b"": an empty anchor
+        ({"anchors": {"a": ["2 4"]}}, "anchors"),
+        ({"value_bytes": {"a": " "}}, "value_bytes"),
         ({"anchors": {"a": [""]}}, "anchors"),
         ({"anchors": {"a": []}}, "anchors"),
         ({"anchors": {"a": ["00" * 17]}}, "anchors"),
@@ -255,3 +258,25 @@ def test_schemas_the_converter_cannot_express_are_spec_errors_fast(schema, match
     with pytest.raises(SpecError, match=match):
         grammar_for(V("json", schema=schema))
     assert time.perf_counter() - t < 5
+
+
+def test_a_closer_that_ends_the_answer_ends_the_draft():
+    """A crafted pack whose closer is the end-of-answer token: nothing is proposed after it
+    (the verifier would stop there anyway; proposing more only wastes a batch)."""
+    from kolm.decompose.mine import chain
+
+    pack = Pack(
+        eos=2,
+        order=1,
+        max_prefix=0,
+        json_keys=True,
+        copy_input=True,
+        ngrams={(2,): 7, (7,): 7},
+        closers={"a": 2},
+        value_bytes={"a": b"xyzw"},
+    )
+    pieces = {5: b"z", 6: b"w", 7: b"!", 2: b""}
+    draft = chain(
+        pack, [9], b'{"a": "xy', pieces.__getitem__, 24, b"say xyzw now", lambda t: [5, 6]
+    )
+    assert draft == [5, 6, 2]

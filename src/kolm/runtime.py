@@ -116,11 +116,11 @@ class Student:
 
             self._constraint = Constraint(self._llm, grammar)
         self.last_decode = None
+        """How the last answer was decoded (`decompose.draft.Decoded`)."""
         from kolm.decompose.mine import MAX_DRAFT
 
         self.max_draft = MAX_DRAFT
         """Most tokens one drafting step proposes (benchmarks vary it)."""
-        """How the last answer was decoded (`decompose.draft.Decoded`)."""
         self._prefix = token_ids(fmt.prefix_segments(instruction), self._tokenize)
         self._llm.reset()
         self._llm.eval(self._prefix)

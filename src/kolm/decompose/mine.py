@@ -199,17 +199,25 @@ def _anchors(
             continue
         if isinstance(value, dict):
             pairs.append((START + source.encode("utf-8"), value))
-    candidates: dict[str, set[bytes]] = defaultdict(set)
+    need = max(min_support, 3)
+    # An anchor can only cover an input whose value it preceded, so a candidate that
+    # fewer than `need` inputs produced can never be kept: count producers first,
+    # which keeps the check below from growing with inputs x candidates.
+    producers: dict[str, Counter] = defaultdict(Counter)
     for hay, obj in pairs:
         for k, v in obj.items():
             v = v.encode("utf-8") if isinstance(v, str) else b""
+            found: set[bytes] = set()
             at = hay.find(v, 1) if len(v) >= 2 else -1
-            for n in range(1, MAX_ANCHOR_BYTES + 1) if at > 0 else ():
-                if at - n < 0:
-                    break
-                candidates[k].add(hay[at - n : at])
+            while at > 0:
+                found.update(hay[at - n : at] for n in range(1, min(MAX_ANCHOR_BYTES, at) + 1))
+                at = hay.find(v, at + 1)
+            producers[k].update(found)
     out: dict[str, tuple[bytes, ...]] = {}
-    for k, cands in sorted(candidates.items()):
+    for k, counts in sorted(producers.items()):
+        if 2 * sum(1 for hay, obj in pairs if _copied(obj.get(k), hay)) < len(pairs):
+            continue  # the key's value is mostly not in its input (a normalized field)
+        cands = {a for a, n in counts.items() if n >= need}
         cover: dict[bytes, set[int]] = defaultdict(set)
         ruled_out: set[bytes] = set()
         for i, (hay, obj) in enumerate(pairs):
@@ -223,10 +231,7 @@ def _anchors(
                     cover[a].add(i)
                 else:
                     ruled_out.add(a)
-        copied = sum(1 for hay, obj in pairs if _copied(obj.get(k), hay))
-        if 2 * copied < len(pairs):
-            continue  # the key's value is mostly not in its input (a normalized field)
-        kept = [a for a in cands - ruled_out if len(cover[a]) >= max(min_support, 3)]
+        kept = [a for a in cands - ruled_out if len(cover[a]) >= need]
         kept.sort(key=lambda a: (-len(cover[a]), len(a), a))
         if kept:
             out[k] = tuple(_covering(kept, cover)[:MAX_ANCHORS])
@@ -326,6 +331,9 @@ def chain(
             if not toks:
                 break
             toks = toks[: limit - len(out)]
+            if pack.eos in toks:  # a (crafted) closer that ends the answer: nothing follows
+                out += toks[: toks.index(pack.eos) + 1]
+                break
             out += toks
             ctx += toks
             text += b"".join(piece(x) for x in toks)

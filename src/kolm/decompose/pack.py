@@ -366,8 +366,12 @@ def _header(raw: bytes) -> dict:
     return header
 
 
+_HEX = re.compile(r"(?:[0-9a-f]{2})*")
+
+
 def _is_hex(v, max_bytes: int = 256) -> bool:
-    if not isinstance(v, str) or len(v) > 2 * max_bytes:
+    """Lower-case hex of at most `max_bytes` bytes, nothing else (no spaces)."""
+    if not isinstance(v, str) or len(v) > 2 * max_bytes or not _HEX.fullmatch(v):
         return False
     try:
         bytes.fromhex(v)
