@@ -1,6 +1,7 @@
 """A many-class benchmark: the compiled student on all 150 CLINC150 intents vs the floor.
 
     .venv/bin/python benchmarks/clinc150.py --per-intent 10 --heldout 4 --steps 190
+    .venv/bin/python benchmarks/clinc150.py --intents 30 --steps 38 --base auto --beat-floor --free-only
 
 Builds a task from the CLINC150 `train` split (Larson et al., EMNLP 2019; CC BY 3.0;
 read in place from shared/data/clinc150): `--per-intent` training rows and `--heldout`
@@ -31,12 +32,23 @@ CANDIDATES = [
 ]
 
 
-def build_task(data_path: Path, folder: Path, per_intent: int, heldout: int, steps: int) -> Path:
+def build_task(
+    data_path: Path,
+    folder: Path,
+    per_intent: int,
+    heldout: int,
+    steps: int,
+    intents: int = 150,
+    base: str = "smollm2-135m-instruct",
+    beat_floor: bool = False,
+) -> Path:
     data = json.loads(data_path.read_text())
     by_label: dict[str, list[str]] = {}
     for text, label in data["train"]:
         by_label.setdefault(label, []).append(text)
     rng = random.Random(0)
+    if intents < len(by_label):  # a seeded sample of the intents
+        by_label = {k: by_label[k] for k in rng.sample(sorted(by_label), intents)}
     rows = []
     for label in sorted(by_label):
         texts = rng.sample(by_label[label], per_intent + heldout)
@@ -54,6 +66,8 @@ def build_task(data_path: Path, folder: Path, per_intent: int, heldout: int, ste
         "examples": "examples.jsonl",
         "heldout_fraction": heldout / (per_intent + heldout),
         "seed": 0,
+        "base": base,
+        "gate": {"min_k": 0.7, "beat_floor": beat_floor},
         "train": {"steps": steps, "batch_size": 8, "max_seq_len": 1400},
         "run": {"n_ctx": 2048},
     }
@@ -71,6 +85,8 @@ def compile_once(spec_path: Path, out: Path, constrain: bool) -> dict:
     result = compile_task(spec, out, progress=True, force=True)
     m = result.manifest["metrics"]
     return {
+        "base": result.manifest["base"]["name"],
+        "ladder": result.manifest.get("ladder"),
         "constrain": constrain,
         "heldout": m["heldout_examples"],
         "student_accuracy": round(m["student"]["accuracy"], 4),
@@ -89,11 +105,26 @@ def main() -> None:
     ap.add_argument("--heldout", type=int, default=4, help="held-out rows per intent")
     ap.add_argument("--steps", type=int, default=190, help="about one epoch at batch 8")
     ap.add_argument("--work", type=Path, default=Path("clinc150-task"))
+    ap.add_argument("--intents", type=int, default=150, help="a seeded sample of the intents")
+    ap.add_argument("--base", default="smollm2-135m-instruct", help="a base name, or auto")
+    ap.add_argument(
+        "--beat-floor", action="store_true", help="gate.beat_floor: with --base auto, climb"
+    )
+    ap.add_argument("--free-only", action="store_true", help="skip the constrained compile")
     args = ap.parse_args()
     if args.data is None or not args.data.is_file():
         sys.exit("clinc150 data_full.json not found; pass --data PATH")
-    spec = build_task(args.data, args.work, args.per_intent, args.heldout, args.steps)
-    for constrain in (False, True):
+    spec = build_task(
+        args.data,
+        args.work,
+        args.per_intent,
+        args.heldout,
+        args.steps,
+        args.intents,
+        args.base,
+        args.beat_floor,
+    )
+    for constrain in (False,) if args.free_only else (False, True):
         row = compile_once(spec, args.work / f"clinc150-{constrain}.kolm", constrain)
         print(json.dumps(row), flush=True)
 
