@@ -29,9 +29,13 @@ def rungs(spec: TaskSpec) -> list[str]:
 def compile_ladder(
     spec: TaskSpec, out: Path, log: Callable[[str], None], force: bool, compile_fn=None, **kw
 ):
-    """Compile rung by rung until one passes the gate; the last rung tried takes `force`.
+    """Compile rung by rung until one passes the gate.
 
-    `compile_fn` is `compiler.compile_task` unless given."""
+    When every rung fails, `force` ships the best of them (highest K): the last rung is
+    compiled with `force`, and if an earlier rung scored higher that one is compiled
+    again (its training is cached) and overwrites it. The shipped rung is always the
+    last record in the manifest's `ladder`. `compile_fn` is `compiler.compile_task`
+    unless given."""
     from kolm.compiler import compile_task
 
     compile_fn = compile_fn or compile_task
@@ -46,16 +50,32 @@ def compile_ladder(
     for i, name in enumerate(names):
         log(f"kolm: ladder: rung {i + 1} of {len(names)}: {name}")
         rung = dataclasses.replace(spec, base=name)
+        final = i == len(names) - 1
         try:
-            return compile_fn(
-                rung, out, log=log, force=force and i == len(names) - 1, ladder=climbed, **kw
-            )
+            result = compile_fn(rung, out, log=log, force=force and final, ladder=climbed, **kw)
         except GateError as e:
             last = e
             why = "; ".join(climbed[-1].get("reasons") or [f"K {climbed[-1]['K']:.3f}"])
             log(f"kolm: ladder: {name} failed the gate ({why}); climbing")
+            continue
+        best = _best(climbed)
+        if climbed[-1]["passed"] or best is climbed[-1]:
+            return result
+        log(
+            f"kolm: ladder: every rung failed the gate; shipping the best, {best['base']} "
+            f"(K {best['K']:.3f} against {climbed[-1]['K']:.3f}), under --force"
+        )
+        again = dataclasses.replace(spec, base=best["base"])
+        rest = [r for r in climbed if r is not best]
+        return compile_fn(again, out, log=log, force=True, ladder=rest, **kw)
     assert last is not None
     raise GateError(f"every rung of the ladder failed the gate; last: {last.message}", last.hint)
+
+
+def _best(climbed: list[dict]) -> dict:
+    """The compiled rung with the highest K (the earliest of equals)."""
+    tried = [r for r in climbed if "K" in r]
+    return max(tried, key=lambda r: r["K"])
 
 
 def _installed(spec: TaskSpec, climbed: list[dict], log) -> list[str]:
