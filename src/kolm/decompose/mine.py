@@ -11,7 +11,10 @@ times.
 The verifier's closed label set is added as a token trie (a label's remaining
 tokens are certain once its prefix is unique). Redundant entries (a shorter
 context already says the same) are dropped, and the pack's expected share of
-drafted tokens is measured by replaying drafting over the outputs.
+drafted tokens is measured by replaying drafting over the outputs. With the
+inputs, it also measures whether answers copy from them, and finds each key's
+value anchors: input strings always followed by that key's value where they
+occurred once (`_anchors`).
 
 It knows tokens and counting. It does not know the model's weights, so a pack
 can only propose: `draft` checks every proposal against the model.
