@@ -106,11 +106,12 @@ def _recipe_rows(r: dict | None) -> list[tuple[str, str]]:
     if not r:
         return [("recipe pack", "none (plain decoding)")]
     measured = r.get("heldout_drafted_share")
-    counts = (r.get("stats") or {}).get("entries") or {}
+    stats = r.get("stats") or {}
+    counts = stats.get("entries") or {}
     extra = "".join(
         f", {counts[k]} {k}" for k in ("closers", "anchors") if counts.get(k)
     )  # packs mined before value anchors have none
-    copying = ", copies from the input" if (r.get("stats") or {}).get("copy_input") else ""
+    copying = ", copies from the input" if stats.get("copy_input") else ""
     return [
         (
             "recipe pack",

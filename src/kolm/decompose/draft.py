@@ -24,12 +24,14 @@ from kolm.decompose.mine import MAX_DRAFT, chain
 from kolm.decompose.pack import Pack
 
 SAME_KERNELS_BELOW = 64
-"""llama.cpp's CPU backend evaluates a batch of fewer than 64 tokens with the kernels
-of a one-token step; from 64 tokens on it switches, and the same prompt token's
-logits then differ by up to 0.9 (measured on the bundled base, 1 thread). A draft
-is never allowed to carry the prompt's tokens across that line: a batch that holds
-prompt tokens is drafted on only while it stays below it, so the prompt is
-evaluated exactly as plain decoding evaluates it."""
+"""llama.cpp's CPU backend switches kernels at 64-token batches: the same prompt
+token's logits differ by up to 0.9 between a batch of 63 and one of 64 (measured on
+the bundled Q4_1 base, 1 thread, where every batch under 64 matches one-token steps
+bit for bit). A batch that holds prompt tokens is drafted on only while it stays
+below that line, so the prompt is evaluated as plain decoding evaluates it. This
+does not make every model batch-invariant: with a LoRA adapter, or on a K-quant
+base such as Gemma 3's Q4_K_M, rows past the second of any batch already differ
+(docs/benchmarks.md, "Where identity is exact")."""
 
 
 @dataclass(frozen=True)
