@@ -1,0 +1,178 @@
+"""Two ideas for a label task's accuracy, measured before either is built into kolm.
+
+    OMP_NUM_THREADS=1 python benchmarks/label_ideas.py --work label-ideas-work
+    OMP_NUM_THREADS=1 python benchmarks/label_ideas.py --work label-ideas-work --base gemma3-270m --skip-demos
+
+(`--skip-plain` runs only the demonstrations compile.)
+
+On the shipped example (examples/support-tickets, its own split and seed):
+
+1. **Neighbours as demonstrations.** Every input, in training and held-out alike, is
+   shown with its `--demos` nearest *training* examples (all-MiniLM-L6-v2 cosine,
+   the row itself excluded) and their labels. The task is rewritten with those
+   inputs (the split is by position and label, so it is unchanged) and compiled.
+2. **The student times the floor.** The plain compile's student scores every label
+   in full (sum of its tokens' log-probabilities, PyTorch, adapter as trained); the
+   TF-IDF floor gives its class probabilities; the product (no weight fitted on the
+   held-out rows) picks the label.
+
+Prints held-out accuracy for: the plain student, the floor, either-correct (an upper
+bound for any combination), the product, and the demonstrations compile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TASK = REPO / "examples/support-tickets"
+
+
+def _split(spec, examples=None):
+    from kolm.data import load_examples, split_heldout
+
+    examples = load_examples(spec.examples) if examples is None else examples
+    return split_heldout(examples, spec.heldout_fraction, spec.seed)
+
+
+def demos_task(k: int, folder: Path) -> Path:
+    """A copy of the shipped task whose inputs carry their k nearest training examples."""
+    import numpy as np
+
+    from kolm.data import load_examples
+    from kolm.recall.embed import Embedder
+    from kolm.spec import load_spec
+
+    spec = load_spec(TASK / "kolm.yaml")
+    examples = load_examples(spec.examples)
+    train, _ = _split(spec, examples)
+    in_train = {id(e) for e in train}
+    assert len(in_train) == len(train) and len(train) < len(examples)
+    vecs = np.array(Embedder().encode([e.input for e in examples]), dtype=np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    train_rows = [i for i, e in enumerate(examples) if id(e) in in_train]
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in TASK.iterdir():
+        if f.name != spec.examples.name:
+            shutil.copy(f, folder / f.name)
+    with open(folder / spec.examples.name, "w") as out:
+        for i, e in enumerate(examples):
+            sims = vecs[train_rows] @ vecs[i]
+            near = [train_rows[j] for j in np.argsort(-sims) if train_rows[j] != i][:k]
+            shown = "\n".join(
+                f"- {examples[j].input} => {examples[j].output}" for j in reversed(near)
+            )
+            text = f"Similar past tickets and their queues:\n{shown}\nTicket: {e.input}"
+            out.write(json.dumps({"input": text, "output": e.output}) + "\n")
+    return folder / "kolm.yaml"
+
+
+def compile_one(spec_path: Path, base: str | None, work: Path, out: Path) -> dict:
+    from kolm.compiler import compile_task
+    from kolm.spec import load_spec
+
+    spec = load_spec(spec_path)
+    if base:
+        spec = dataclasses.replace(spec, base=base)
+    t = time.perf_counter()
+    r = compile_task(spec, out, work_dir=work, force=True)
+    m = r.manifest["metrics"]
+    return {
+        "accuracy": m["student"]["accuracy"],
+        "floor": m["floor"]["accuracy"],
+        "K": r.manifest["kscore"]["K"],
+        "train_s": m["train"]["seconds"],
+        "wall_s": round(time.perf_counter() - t, 1),
+        "spec": spec,
+    }
+
+
+def label_logprobs(spec, work: Path) -> tuple[list[str], list[list[float]], list[str]]:
+    """Every held-out input's log-probability of each label in full, from the trained adapter."""
+    import torch
+
+    from kolm.basemodel import resolve
+    from kolm.prompt import format_from_gguf
+    from kolm.train import answer_ids, load_adapter, prompt_ids
+
+    train, held = _split(spec)
+    base = resolve(spec.base, spec.spec_path.parent)
+    fmt = format_from_gguf(base.gguf)
+    adapter = next(work.rglob("adapter.pt"))
+    model, tok = load_adapter(base.gguf, spec.train, adapter)
+    model.eval()
+    labels = sorted({e.output for e in train})
+    answers = [answer_ids(tok, fmt, label) for label in labels]
+    prompts = prompt_ids(tok, fmt, spec.description, [e.input for e in held])
+    rows = []
+    with torch.no_grad():
+        for p in prompts:
+            row = []
+            for a in answers:
+                logp = model(input_ids=torch.tensor([p + a])).logits[0].log_softmax(-1)
+                row.append(sum(logp[len(p) - 1 + j, t].item() for j, t in enumerate(a)))
+            rows.append(row)
+    return labels, rows, [e.output for e in held]
+
+
+def product_with_floor(spec, work: Path) -> dict:
+    import numpy as np
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline, make_union
+
+    from kolm.floor import C
+
+    labels, rows, gold = label_logprobs(spec, work)
+    train, held = _split(spec)
+    features = make_union(  # the floor's own features (kolm.floor), kept for its probabilities
+        TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
+        TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True),
+    )
+    floor = make_pipeline(features, LogisticRegression(C=C, max_iter=5000))
+    floor.fit([e.input for e in train], [e.output for e in train])
+    assert list(floor.classes_) == labels
+    f = np.log(floor.predict_proba([e.input for e in held]))
+    s = np.array(rows)
+    s -= np.logaddexp.reduce(s, axis=1, keepdims=True)
+    g = np.array([labels.index(y) for y in gold])
+    student, fl = s.argmax(1) == g, f.argmax(1) == g
+    return {
+        "student_full_label": float(student.mean()),
+        "floor": float(fl.mean()),
+        "either": float((student | fl).mean()),
+        "product": float(((s + f).argmax(1) == g).mean()),
+        "n": len(g),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", type=Path, default=Path("label-ideas-work"))
+    ap.add_argument("--base", default=None, help="registered base (default: the example's)")
+    ap.add_argument("--demos", type=int, default=4)
+    ap.add_argument("--skip-demos", action="store_true")
+    ap.add_argument("--skip-plain", action="store_true")
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    tag = args.base or "default"
+    if not args.skip_plain:
+        work = args.work / f"plain-{tag}"
+        plain = compile_one(TASK / "kolm.yaml", args.base, work, args.work / f"plain-{tag}.kolm")
+        combo = product_with_floor(plain["spec"], work)
+        print(json.dumps({"plain": {k: v for k, v in plain.items() if k != "spec"}, **combo}))
+    if not args.skip_demos:
+        spec_path = demos_task(args.demos, args.work / f"demos{args.demos}-task")
+        demos = compile_one(
+            spec_path, args.base, args.work / f"demos-{tag}", args.work / f"demos-{tag}.kolm"
+        )
+        print(json.dumps({"demos": args.demos, **{k: v for k, v in demos.items() if k != "spec"}}))
+
+
+if __name__ == "__main__":
+    main()
