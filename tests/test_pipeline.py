@@ -13,8 +13,10 @@ import time
 import zipfile
 
 import pytest
+from click.testing import CliRunner
 
 from kolm.artifact import open_artifact
+from kolm.cli import cli
 from kolm.compiler import compile_task
 from kolm.errors import ArtifactError, GateError
 from kolm.kscore import combine
@@ -54,6 +56,48 @@ def test_adapter_moves_llamacpp_answers_to_the_labels(compiled, env):
     assert student >= base + 0.5, metrics
     # llama.cpp with the exported adapter answers like the PyTorch model it came from.
     assert metrics["llamacpp_torch_agreement"] >= 0.9, metrics
+    assert metrics["llamacpp_torch_agreement_rows"] == metrics["heldout_examples"]
+    assert not any(k.startswith("torch_") for k in metrics["train"])  # answers stay in the work dir
+
+
+@pytest.mark.parametrize("n,limit", [(0, 4), (3, 4), (4, 4), (5, 4), (600, 128), (129, 128)])
+def test_the_agreement_sample_is_bounded_and_evenly_spread(n, limit):
+    from kolm.compiler import agreement_rows
+
+    rows = agreement_rows(n, limit)
+    assert len(rows) == min(n, limit) and len(set(rows)) == len(rows)
+    assert rows == sorted(rows) and all(0 <= i < n for i in rows)
+    if n > limit:
+        assert rows[0] == 0
+        gaps = {b - a for a, b in zip(rows, rows[1:], strict=False)} | {n - rows[-1]}
+        assert gaps <= {n // limit, -(-n // limit)}  # every gap the floor or ceiling of n/limit
+
+
+def test_a_large_held_out_set_is_checked_against_pytorch_on_a_sample(compiled, monkeypatch):
+    """Above `AGREEMENT_ROWS` held-out inputs, PyTorch decodes an evenly spread sample;
+    the manifest, the log and the report say how many rows the agreement covers."""
+    import kolm.compiler
+
+    monkeypatch.setattr(kolm.compiler, "AGREEMENT_ROWS", 3)
+    root = compiled["root"]
+    lines: list[str] = []
+    result = compile_task(
+        compiled["spec"], root / "sampled.kolm", progress=False, log=lines.append,
+        work_dir=root / "sampled-work",
+    )  # fmt: skip
+    m = result.manifest["metrics"]
+    n = m["heldout_examples"]
+    assert n > 3 and m["llamacpp_torch_agreement_rows"] == 3
+    assert f"kolm: PyTorch reference answers on 3 of {n} held-out inputs (evenly spread)" in lines
+    agreed = m["llamacpp_torch_agreement"] * 3  # a share of the 3 sampled rows
+    assert abs(agreed - round(agreed)) < 1e-3, m["llamacpp_torch_agreement"]
+    done = json.loads(next((root / "sampled-work").rglob("done.json")).read_text())
+    assert done["torch_heldout_rows"] == kolm.compiler.agreement_rows(n, 3)
+    assert len(done["torch_heldout_outputs"]) == 3
+    report = (root / "sampled.report.md").read_text()
+    assert f"(on 3 of {n} held-out)" in report
+    shown = CliRunner().invoke(cli, ["inspect", str(result.artifact)])
+    assert shown.exit_code == 0 and f"(on 3 of {n} held-out)" in shown.output, shown.output
 
 
 def test_cli_verify_inspect_and_run(compiled, env):

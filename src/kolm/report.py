@@ -61,6 +61,13 @@ def floor_verdict(metrics: dict) -> str | None:
     )
 
 
+def torch_agreement(met: dict) -> str:
+    """The llama.cpp / PyTorch agreement, with the rows it covered when a sample."""
+    rows, n = met.get("llamacpp_torch_agreement_rows"), met["heldout_examples"]
+    on = f" (on {rows} of {n} held-out)" if rows is not None and rows < n else ""
+    return f"{met['llamacpp_torch_agreement']:.1%}{on}"
+
+
 def ladder_lines(manifest: dict) -> list[tuple[str, str]]:
     """(base, what happened) per rung `base: auto` tried, in order; [] without a ladder."""
     out = []
@@ -134,7 +141,7 @@ def _sections(m: dict, details: dict) -> list[tuple[str, list[str], list[list[st
     )
     extra = [
         ["student / teacher agreement", _pct(met.get("student_teacher_agreement"))],
-        ["llama.cpp / PyTorch agreement", _pct(met["llamacpp_torch_agreement"])],
+        ["llama.cpp / PyTorch agreement", torch_agreement(met)],
         ["held-out examples", str(met["heldout_examples"])],
         ["teacher baseline", t["note"]],
         *_train_rows(met.get("train", {})),

@@ -28,6 +28,12 @@ def _floor_line(metrics: dict) -> str | None:
     return floor_verdict(metrics)
 
 
+def _torch_agreement(metrics: dict) -> str:
+    from kolm.report import torch_agreement
+
+    return torch_agreement(metrics)
+
+
 def _ladder_rows(manifest: dict) -> list[tuple[str, str]]:
     """One row per rung `base: auto` tried (K, accuracy, why it failed), for summaries."""
     from kolm.report import ladder_lines

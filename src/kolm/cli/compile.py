@@ -14,6 +14,7 @@ from kolm.cli.common import (
     _ladder_rows,
     _precision_rows,
     _table,
+    _torch_agreement,
     base_option,
     no_recipes_option,
     quiet_option,
@@ -350,7 +351,7 @@ def _print_compile_summary(result) -> None:
             else f"{m['student_teacher_agreement']:.1%}",
         ),
         ("verifier pass rate (coverage)", f"{m['student']['verifier_pass_rate']:.1%}"),
-        ("llama.cpp / PyTorch agreement", f"{m['llamacpp_torch_agreement']:.1%}"),
+        ("llama.cpp / PyTorch agreement", _torch_agreement(m)),
         (
             "student latency p50 / p95",
             f"{m['student']['latency_p50_s'] * 1000:.0f} / {m['student']['latency_p95_s'] * 1000:.0f} ms",

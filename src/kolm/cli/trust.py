@@ -15,6 +15,7 @@ from kolm.cli.common import (
     _precision_rows,
     _short,
     _table,
+    _torch_agreement,
 )
 from kolm.cli.recall import inspect_rows
 
@@ -88,7 +89,7 @@ def inspect_cmd(artifact: Path, as_json: bool) -> None:
                 f"{met['student']['accuracy']:.1%} on {met['heldout_examples']} held-out",
             ),
             ("untrained base accuracy", f"{met['base']['accuracy']:.1%}"),
-            ("llama.cpp / PyTorch agreement", f"{met['llamacpp_torch_agreement']:.1%}"),
+            ("llama.cpp / PyTorch agreement", _torch_agreement(met)),
         ]
         floor = _floor_line(met)
         if floor:
