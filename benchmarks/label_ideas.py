@@ -16,8 +16,11 @@ On the shipped example (examples/support-tickets, its own split and seed):
    TF-IDF floor gives its class probabilities; the product (no weight fitted on the
    held-out rows) picks the label.
 
-Prints held-out accuracy for: the plain student, the floor, either-correct (an upper
-bound for any combination), the product, and the demonstrations compile.
+Prints held-out accuracy for: the plain student (llama.cpp, and PyTorch scoring every
+label in full), the floor, either-correct by the PyTorch scores (an upper bound for
+any combination) with the rows only one of them gets right, the product, the
+neighbours on their own (is the label among them; a similarity-weighted vote), and
+the demonstrations compile.
 """
 
 from __future__ import annotations
@@ -40,8 +43,9 @@ def _split(spec, examples=None):
     return split_heldout(examples, spec.heldout_fraction, spec.seed)
 
 
-def demos_task(k: int, folder: Path) -> Path:
-    """A copy of the shipped task whose inputs carry their k nearest training examples."""
+def demos_task(k: int, folder: Path) -> tuple[Path, dict]:
+    """A copy of the shipped task whose inputs carry their k nearest training examples,
+    and how good the neighbours of the held-out rows are on their own."""
     import numpy as np
 
     from kolm.data import load_examples
@@ -50,7 +54,9 @@ def demos_task(k: int, folder: Path) -> Path:
 
     spec = load_spec(TASK / "kolm.yaml")
     examples = load_examples(spec.examples)
-    train, _ = _split(spec, examples)
+    train, held = _split(spec, examples)
+    in_held = {id(e) for e in held}
+    covered = voted = 0
     in_train = {id(e) for e in train}
     assert len(in_train) == len(train) and len(train) < len(examples)
     vecs = np.array(Embedder().encode([e.input for e in examples]), dtype=np.float32)
@@ -63,13 +69,27 @@ def demos_task(k: int, folder: Path) -> Path:
     with open(folder / spec.examples.name, "w") as out:
         for i, e in enumerate(examples):
             sims = vecs[train_rows] @ vecs[i]
-            near = [train_rows[j] for j in np.argsort(-sims) if train_rows[j] != i][:k]
+            ranked = [j for j in np.argsort(-sims) if train_rows[j] != i][:k]
+            near = [train_rows[j] for j in ranked]
+            if (
+                id(e) in in_held
+            ):  # the neighbours alone: is the label there, and does a vote find it
+                covered += e.output in {examples[j].output for j in near}
+                votes: dict[str, float] = {}
+                for j in ranked:
+                    label = examples[train_rows[j]].output
+                    votes[label] = votes.get(label, 0.0) + float(sims[j])
+                voted += max(votes, key=votes.__getitem__) == e.output
             shown = "\n".join(
                 f"- {examples[j].input} => {examples[j].output}" for j in reversed(near)
             )
             text = f"Similar past tickets and their queues:\n{shown}\nTicket: {e.input}"
             out.write(json.dumps({"input": text, "output": e.output}) + "\n")
-    return folder / "kolm.yaml"
+    n = len(held)
+    return folder / "kolm.yaml", {
+        "label_among_neighbours": covered / n,
+        "neighbour_vote": voted / n,
+    }
 
 
 def compile_one(spec_path: Path, base: str | None, work: Path, out: Path) -> dict:
@@ -103,7 +123,9 @@ def label_logprobs(spec, work: Path) -> tuple[list[str], list[list[float]], list
     train, held = _split(spec)
     base = resolve(spec.base, spec.spec_path.parent)
     fmt = format_from_gguf(base.gguf)
-    adapter = next(work.rglob("adapter.pt"))
+    adapters = sorted(work.rglob("adapter.pt"))
+    assert len(adapters) == 1, f"one training stage expected in {work}, found {adapters}"
+    adapter = adapters[0]
     model, tok = load_adapter(base.gguf, spec.train, adapter)
     model.eval()
     labels = sorted({e.output for e in train})
@@ -146,6 +168,9 @@ def product_with_floor(spec, work: Path) -> dict:
         "student_full_label": float(student.mean()),
         "floor": float(fl.mean()),
         "either": float((student | fl).mean()),
+        "both_right": int((student & fl).sum()),
+        "only_student": int((student & ~fl).sum()),
+        "only_floor": int((~student & fl).sum()),
         "product": float(((s + f).argmax(1) == g).mean()),
         "n": len(g),
     }
@@ -167,11 +192,12 @@ def main() -> None:
         combo = product_with_floor(plain["spec"], work)
         print(json.dumps({"plain": {k: v for k, v in plain.items() if k != "spec"}, **combo}))
     if not args.skip_demos:
-        spec_path = demos_task(args.demos, args.work / f"demos{args.demos}-task")
+        spec_path, near = demos_task(args.demos, args.work / f"demos{args.demos}-task")
         demos = compile_one(
             spec_path, args.base, args.work / f"demos-{tag}", args.work / f"demos-{tag}.kolm"
         )
-        print(json.dumps({"demos": args.demos, **{k: v for k, v in demos.items() if k != "spec"}}))
+        shown = {k: v for k, v in demos.items() if k != "spec"}
+        print(json.dumps({"demos": args.demos, **near, **shown}))
 
 
 if __name__ == "__main__":

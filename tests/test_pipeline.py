@@ -9,6 +9,7 @@ import base64
 import dataclasses
 import json
 import re
+import shutil
 import time
 import zipfile
 
@@ -58,6 +59,32 @@ def test_adapter_moves_llamacpp_answers_to_the_labels(compiled, env):
     assert metrics["llamacpp_torch_agreement"] >= 0.9, metrics
     assert metrics["llamacpp_torch_agreement_rows"] == metrics["heldout_examples"]
     assert not any(k.startswith("torch_") for k in metrics["train"])  # answers stay in the work dir
+
+
+def test_a_cached_stage_is_not_compared_with_edited_held_out_inputs(compiled, tmp_path):
+    """The training stage's key covers training rows only; its cached PyTorch answers
+    are for the held-out inputs of that time. Editing a held-out row alone is refused
+    with a clear error, not scored against answers to other inputs."""
+    from kolm.compiler import work_dir_for
+    from kolm.data import load_examples, split_heldout
+    from kolm.errors import TrainingError
+    from kolm.spec import load_spec
+
+    spec = compiled["spec"]
+    task = tmp_path / "task"
+    shutil.copytree(spec.spec_path.parent, task, ignore=shutil.ignore_patterns(".kolm-work"))
+    examples = load_examples(task / spec.examples.name)
+    _, held = split_heldout(examples, spec.heldout_fraction, spec.seed)
+    rows = [json.loads(line) for line in (task / spec.examples.name).read_text().splitlines()]
+    edited = next(r for r in rows if r["input"] == held[0].input)
+    edited["input"] += " please"  # same label, same position: the split is unchanged
+    (task / spec.examples.name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(TrainingError, match="made for other held-out inputs"):
+        compile_task(
+            load_spec(task / "kolm.yaml"), tmp_path / "x.kolm", progress=False,
+            log=lambda m: None, work_dir=work_dir_for(spec, None),
+        )  # fmt: skip
+    assert not (tmp_path / "x.kolm").exists()
 
 
 @pytest.mark.parametrize("n,limit", [(0, 4), (3, 4), (4, 4), (5, 4), (600, 128), (129, 128)])

