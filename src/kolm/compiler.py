@@ -374,8 +374,8 @@ def _train_stage(p: Prepared, work: Path, progress: bool, log: Log) -> dict:
     tok = result.tokenizer
     answer_tokens = max(len(answer_ids(tok, p.fmt, e.output)) for e in p.train)
     max_new = p.spec.run.max_tokens or answer_tokens + 8
-    rows = agreement_rows(len(p.heldout))
     n = len(p.heldout)
+    rows = agreement_rows(n)
     log(
         f"kolm: PyTorch reference answers on the {n} held-out inputs"
         if len(rows) == n

