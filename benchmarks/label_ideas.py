@@ -144,19 +144,12 @@ def label_logprobs(spec, work: Path) -> tuple[list[str], list[list[float]], list
 
 def product_with_floor(spec, work: Path) -> dict:
     import numpy as np
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline, make_union
 
-    from kolm.floor import C
+    from kolm.floor import unfitted_model
 
     labels, rows, gold = label_logprobs(spec, work)
     train, held = _split(spec)
-    features = make_union(  # the floor's own features (kolm.floor), kept for its probabilities
-        TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
-        TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True),
-    )
-    floor = make_pipeline(features, LogisticRegression(C=C, max_iter=5000))
+    floor = unfitted_model()  # the floor itself, kept for its class probabilities
     floor.fit([e.input for e in train], [e.output for e in train])
     assert list(floor.classes_) == labels
     f = np.log(floor.predict_proba([e.input for e in held]))

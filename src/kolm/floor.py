@@ -41,6 +41,19 @@ class Floor:
         }
 
 
+def unfitted_model():
+    """The baseline as an unfitted scikit-learn pipeline (`METHOD`)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline, make_union
+
+    features = make_union(
+        TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
+        TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True),
+    )
+    return make_pipeline(features, LogisticRegression(C=C, max_iter=5000))
+
+
 def predict_labels(
     train_inputs: Sequence[str], train_labels: Sequence[str], inputs: Sequence[str]
 ) -> list[str]:
@@ -48,16 +61,9 @@ def predict_labels(
     classes = sorted(set(train_labels))
     if len(classes) < 2:  # logistic regression needs two classes; one class is a constant
         return [classes[0] if classes else ""] * len(inputs)
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline, make_union
     from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 
-    features = make_union(
-        TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
-        TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True),
-    )
-    model = make_pipeline(features, LogisticRegression(C=C, max_iter=5000))
+    model = unfitted_model()
     with threadpool_limits(limits=1):  # BLAS threads only spin on a shared 2-core machine
         model.fit(list(train_inputs), list(train_labels))
         return [str(y) for y in model.predict(list(inputs))]
