@@ -1,7 +1,8 @@
 """Recipe pack vs plain decoding (and llama-cpp-python's draft hook), side by side.
 
     .venv/bin/python benchmarks/recipes.py A.kolm [B.kolm ...] [--inputs 40] [--rounds 2]
-        [--threads 1] [--hook] [--remine] [--merge q8_0] [--no-anchors] [--max-draft N] [--json]
+        [--threads 1] [--hook] [--remine] [--merge q8_0] [--adapter f32] [--no-anchors]
+        [--max-draft N] [--json]
 
 For each artifact: its held-out inputs, answered in every mode by the same process
 input by input, the order of the modes rotated from one input to the next, so all
@@ -20,7 +21,9 @@ byte-identical to plain decoding.
 kolm (for artifacts compiled before a change to mining). `--merge KIND` measures a
 merged build instead: the artifact's adapter merged into its base at KIND (`q8_0`,
 `q4_0`, `f16`) by `kolm.merge`, to show how the base's quantization changes what a
-batched evaluation costs.
+batched evaluation costs. `--adapter TYPE` measures the artifact's adapter rewritten
+at TYPE (`f32`, as compiles before 2026-12-05 wrote it, or `q8_0`, as they write it now)
+by `kolm.export`, to show which gives batched logits equal to one-token steps.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ def main() -> None:
     ap.add_argument("--hook", action="store_true", help="Also time the LlamaDraftModel hook.")
     ap.add_argument("--remine", action="store_true", help="Mine the pack again with this kolm.")
     ap.add_argument("--merge", default=None, help="Measure a merged build at this precision.")
+    ap.add_argument("--adapter", default=None, help="Measure the adapter rewritten at this type.")
     ap.add_argument(
         "--no-anchors",
         action="store_true",
@@ -80,6 +84,9 @@ def measure(path: Path, args) -> dict:
         raise SystemExit(f"{path} has no recipe pack (or was built without flash attention)")
     if args.merge:
         student = _merged(art, student, pack, args.merge)
+    elif args.adapter:
+        student = _retyped(art, student, pack, args.adapter)
+    note = student.draft_note  # the load-time probe's verdict on this model and machine
     student.pack = pack
     rows = [json.loads(x) for x in art.read_text("heldout.jsonl").splitlines() if x.strip()]
     inputs = [r["input"] for r in rows][: args.inputs]
@@ -117,7 +124,9 @@ def measure(path: Path, args) -> dict:
         "artifact": str(path),
         "task": art.manifest["task"]["name"],
         "output_kind": art.manifest["task"]["output_kind"],
-        "model": f"merged {args.merge}" if args.merge else "base + adapter",
+        "model": f"merged {args.merge}"
+        if args.merge
+        else f"base + adapter ({args.adapter or _adapter_type(art)})",
         "remined": args.remine,
         "inputs": len(inputs),
         "rounds": args.rounds,
@@ -125,6 +134,8 @@ def measure(path: Path, args) -> dict:
         "load_avg_1m": round(os.getloadavg()[0], 2),
         "byte_identical": identical,
         "same_confidence": f"{same_conf}/{len(inputs) * args.rounds}",
+        "draft_rows": student.max_rows,
+        "draft_note": note,
         "pack_entries": pack.entries,
         "pack_bytes": len(pack.to_bytes()),
         **{m: stats[m].summary() for m in modes},
@@ -233,6 +244,28 @@ def _merged(art, student, pack, kind: str):
     return merged
 
 
+def _retyped(art, student, pack, kind: str):
+    """A student on the artifact's base with its adapter rewritten at `kind`."""
+    from kolm.basemodel import gguf_metadata
+    from kolm.export import read_lora, write_adapter
+    from kolm.runner import adapter_path
+    from kolm.runtime import Student
+
+    base = art.materialize("base.gguf")
+    arch = str(gguf_metadata(base, ("general.architecture",))["general.architecture"])
+    out = Path(tempfile.mkdtemp(prefix="kolm-bench-")) / f"adapter-{kind}.gguf"
+    alpha, pairs = read_lora(adapter_path(art))
+    if write_adapter(pairs, arch, alpha, out, kind) != kind:
+        raise SystemExit(f"this adapter cannot be written at {kind}")
+    retyped = Student(base, out, student.fmt, student.instruction, student.decoding, pack=pack)
+    student.close()
+    return retyped
+
+
+def _adapter_type(art) -> str:
+    return (art.manifest.get("adapter") or {}).get("tensor_type", "f32")
+
+
 class _Hook:
     """llama-cpp-python's draft_model hook with the pack as drafter (a second Llama)."""
 
@@ -316,6 +349,7 @@ def table(results: list[dict]) -> str:
                 f"{x['steps_per_answer'] or '—'} | {x['acceptance'] or '—'} | "
                 f"{x['drafted_share']} | {same} | {r['load_avg_1m']} |"
             )
+    lines += [f"{r['task']}: {r['draft_note']}" for r in results if r["draft_note"]]
     return "\n".join(lines)
 
 

@@ -294,6 +294,7 @@ def compile_task(
     if spec.train.method != "sft":
         adapter, train_info = _align_stage(p, work, train_info, report, progress, log)
     _check_cached_answers(p, train_info, _torch_rows(train_info, len(p.heldout)))
+    _adapter_type(p, adapter, log)
     timings["train"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -317,6 +318,10 @@ def compile_task(
     parts = _write_parts(p, work, decoding, embedded, report, pack, merged, adapter)
     manifest = _manifest(p, base_sha, embedded, decoding, metrics, train_info)
     manifest["precision"] = precision
+    if merged is None:
+        from kolm.export import adapter_format
+
+        manifest["adapter"] = adapter_format(adapter)
     manifest["recipes"] = _recipes_summary(pack, parts, ev)
     if report is not None:
         manifest["distill"] = report.summary()
@@ -350,6 +355,17 @@ def compile_task(
     manifest, art_id = write_artifact(out, parts, manifest, keys)
     timings["package"] = time.perf_counter() - t
     return CompileResult(Path(out), manifest, art_id, timings, cached, report_path)
+
+
+def _adapter_type(p: Prepared, adapter: Path, log: Log) -> None:
+    """A cached stage from before adapters were written at Q8_0 is rewritten at Q8_0, so
+    drafting on it is bit-exact (kolm.export.ADAPTER_TYPES)."""
+    from kolm.basemodel import gguf_metadata
+    from kolm.export import requantize
+
+    arch = str(gguf_metadata(p.base.gguf, ("general.architecture",))["general.architecture"])
+    if requantize(adapter, arch):
+        log("kolm: rewrote the cached adapter at q8_0 (batch-invariant drafting)")
 
 
 def _train_stage(p: Prepared, work: Path, progress: bool, log: Log) -> dict:
@@ -603,6 +619,8 @@ def _evaluate_stage(
             pack=pack if name == "student" else None,
             grammar=_grammar(p) if name == "student" else None,
         )
+        if model.draft_note:
+            log(f"kolm: note: {model.draft_note}")
         answer = _grounded(model, p.grounder)
         try:
             answer(inputs[0])  # warm-up

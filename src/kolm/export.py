@@ -1,8 +1,9 @@
 """Export: write a trained PEFT LoRA adapter as a GGUF adapter llama.cpp loads.
 
-Knows the Hugging Face → GGUF tensor names for llama-family bases and the row
+Knows the Hugging Face → GGUF tensor names for llama-family bases, the row
 permutation llama.cpp applies to Q and K weights (so B matrices of q_proj/k_proj
-must be permuted the same way). Knows nothing about training or the artifact.
+must be permuted the same way), and the tensor type that makes llama.cpp's
+adapter path batch-invariant (below). Knows nothing about training or the artifact.
 """
 
 from __future__ import annotations
@@ -28,6 +29,22 @@ MODULE_NAMES = {
 PERMUTED_ARCHS = {"llama"}
 _KEY = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$")
 
+ADAPTER_TYPES = ("q8_0", "f32")
+"""How the adapter's tensors are stored. llama.cpp adds a LoRA's update with two
+small matmuls per weight. At F32 (or F16) the CPU backend sums those in an order
+that depends on the batch's shape, so a token's logits differ, by up to ~0.9,
+between a one-token step and a later row of a batched evaluation, and the recipe
+pack's drafts (verified in one batch) are not bit-exact. At Q8_0 the matmuls take
+the per-row 8-bit dot products the base's own weights take, and every row of a
+batch matches the one-token step (docs/benchmarks.md, "A batch-invariant adapter").
+The held-out answers of the shipped example are the same at either type."""
+Q8_BLOCK = 32
+"""Q8_0 packs 32 values along a tensor's first GGUF dimension, which is the rank for
+lora_b: the rank is padded with zeros to a multiple of it. B·A is unchanged, and
+alpha is scaled by the same factor, since llama.cpp scales the update by alpha / rank."""
+RANK_KEY = "kolm.adapter.rank"
+"""The trained rank, before padding (absent in adapters written at F32)."""
+
 
 def permute_rows(w, n_head: int):
     """llama.cpp's Q/K row order: per head, interleave the two rotary halves."""
@@ -35,9 +52,10 @@ def permute_rows(w, n_head: int):
     return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_lora_gguf(model, base_gguf: Path, out: Path, alpha: float) -> int:
+def write_lora_gguf(
+    model, base_gguf: Path, out: Path, alpha: float, tensor_type: str = "q8_0"
+) -> int:
     """Write the adapter of a PEFT model; returns the number of tensor pairs written."""
-    import gguf
     import numpy as np
     from peft import get_peft_model_state_dict
 
@@ -61,19 +79,118 @@ def write_lora_gguf(model, base_gguf: Path, out: Path, alpha: float) -> int:
         pairs.setdefault((int(m.group(1)), m.group(2)), {})[m.group(3)] = (
             tensor.detach().float().cpu().numpy()
         )
-    writer = gguf.GGUFWriter(str(out), arch)
-    writer.add_type("adapter")
-    writer.add_string("adapter.type", "lora")
-    writer.add_float32("adapter.lora.alpha", float(alpha))
+    named = {}
     for (layer, module), ab in sorted(pairs.items()):
         a, b = ab["A"], ab["B"]
         if arch in PERMUTED_ARCHS and module in ("q_proj", "k_proj"):
             b = permute_rows(b, n_head if module == "q_proj" else n_kv)
-        name = f"blk.{layer}.{MODULE_NAMES[module]}.weight"
-        writer.add_tensor(f"{name}.lora_a", np.ascontiguousarray(a, dtype=np.float32))
-        writer.add_tensor(f"{name}.lora_b", np.ascontiguousarray(b, dtype=np.float32))
+        named[f"blk.{layer}.{MODULE_NAMES[module]}.weight"] = (a, b)
+    write_adapter(named, arch, alpha, out, tensor_type)
+    return len(pairs)
+
+
+def write_adapter(
+    pairs: dict, arch: str, alpha: float, out: Path, tensor_type: str = "q8_0"
+) -> str:
+    """Write (A, B) pairs keyed by base tensor name as a GGUF LoRA adapter.
+
+    A is rank × in, B is out × rank (PEFT's layout), float32 arrays. Returns the
+    tensor type written: `q8_0` falls back to `f32` when an input width is not a
+    multiple of 32 (no such base is registered today)."""
+    import gguf
+    import numpy as np
+
+    if tensor_type not in ADAPTER_TYPES:
+        raise TrainingError(
+            f"adapter tensor type {tensor_type!r} is not supported",
+            hint=f"choose one of {', '.join(ADAPTER_TYPES)}",
+        )
+    ranks = {a.shape[0] for a, _ in pairs.values()}
+    if len(ranks) != 1:
+        raise TrainingError(f"the adapter's pairs have different ranks: {sorted(ranks)}")
+    rank = ranks.pop()
+    if tensor_type == "q8_0" and any(a.shape[1] % Q8_BLOCK for a, _ in pairs.values()):
+        tensor_type = "f32"
+    stored = -(-rank // Q8_BLOCK) * Q8_BLOCK if tensor_type == "q8_0" else rank
+    writer = gguf.GGUFWriter(str(out), arch)
+    writer.add_type("adapter")
+    writer.add_string("adapter.type", "lora")
+    writer.add_float32("adapter.lora.alpha", float(alpha) * stored / rank)
+    if tensor_type == "q8_0":
+        writer.add_uint32(RANK_KEY, rank)
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    for name, (a, b) in pairs.items():
+        a = np.asarray(a, dtype=np.float32)
+        b = np.asarray(b, dtype=np.float32)
+        if tensor_type == "f32":
+            writer.add_tensor(f"{name}.lora_a", np.ascontiguousarray(a))
+            writer.add_tensor(f"{name}.lora_b", np.ascontiguousarray(b))
+            continue
+        a = np.pad(a, ((0, stored - rank), (0, 0)))
+        b = np.pad(b, ((0, 0), (0, stored - rank)))
+        for suffix, m in (("lora_a", a), ("lora_b", b)):
+            data = gguf.quants.quantize(np.ascontiguousarray(m), q8)
+            writer.add_tensor(f"{name}.{suffix}", data, raw_shape=data.shape, raw_dtype=q8)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return len(pairs)
+    return tensor_type
+
+
+def read_lora(adapter: Path):
+    """The adapter's alpha and (A, B) float32 pairs by base tensor name, at the trained
+    rank: the zero padding of a Q8_0 adapter is cut off and alpha scaled back with it."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    r = GGUFReader(str(adapter))
+    alpha_field = r.fields.get("adapter.lora.alpha")
+    if alpha_field is None:
+        raise TrainingError(f"{adapter} is not a GGUF LoRA adapter (no adapter.lora.alpha)")
+    alpha = float(alpha_field.contents())
+    rank_field = r.fields.get(RANK_KEY)
+    rank = int(rank_field.contents()) if rank_field is not None else None
+    pairs: dict[str, dict[str, object]] = {}
+    stored = None
+    for t in r.tensors:
+        name, _, kind = t.name.rpartition(".lora_")
+        m = dequantize(t.data, t.tensor_type).astype("float32", copy=False)
+        if kind == "a":
+            stored = m.shape[0]
+        if rank is not None:
+            m = m[:rank] if kind == "a" else m[:, :rank]
+        pairs.setdefault(name, {})[kind] = m
+    if rank is not None and stored:
+        alpha = alpha * rank / stored
+    return alpha, {n: (ab["a"], ab["b"]) for n, ab in pairs.items()}
+
+
+def adapter_format(adapter: Path) -> dict:
+    """How an adapter GGUF stores its tensors: type, trained rank and stored rank."""
+    from gguf import GGUFReader
+
+    r = GGUFReader(str(adapter))
+    rank_field = r.fields.get(RANK_KEY)
+    types = sorted({t.tensor_type.name.lower() for t in r.tensors})
+    stored = next((int(t.shape[1]) for t in r.tensors if t.name.endswith(".lora_a")), 0)
+    return {
+        "tensor_type": "/".join(types),
+        "rank": int(rank_field.contents()) if rank_field is not None else stored,
+        "stored_rank": stored,
+    }
+
+
+def requantize(adapter: Path, arch: str, tensor_type: str = "q8_0") -> bool:
+    """Rewrite an adapter written at another type (an older compile's cached F32 one)
+    at `tensor_type`, in place; returns whether it was rewritten."""
+    if adapter_format(adapter)["tensor_type"] == tensor_type:
+        return False
+    alpha, pairs = read_lora(adapter)
+    tmp = adapter.with_name(adapter.name + ".partial")
+    written = write_adapter(pairs, arch, alpha, tmp, tensor_type)
+    if written != tensor_type:
+        tmp.unlink()
+        return False
+    tmp.replace(adapter)
+    return True

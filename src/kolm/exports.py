@@ -237,7 +237,7 @@ def peft_tensors(adapter: Path, base: Path) -> dict:
     """The GGUF adapter's tensors under PEFT's names, Q/K rows back in Hugging Face order."""
     import numpy as np
 
-    from kolm.merge import read_lora
+    from kolm.export import read_lora
 
     arch = str(gguf_metadata(base, ("general.architecture",))["general.architecture"])
     heads = gguf_metadata(base, (f"{arch}.attention.head_count", f"{arch}.attention.head_count_kv"))

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from kolm.errors import TrainingError
+from kolm.export import read_lora
 from kolm.spec import QUANTIZE_CHOICES
 
 PRECISIONS = QUANTIZE_CHOICES
@@ -58,22 +59,6 @@ class MergeReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def read_lora(adapter: Path):
-    """The adapter's (A, B) pairs by base tensor name, and alpha."""
-    from gguf import GGUFReader
-
-    r = GGUFReader(str(adapter))
-    alpha_field = r.fields.get("adapter.lora.alpha")
-    if alpha_field is None:
-        raise TrainingError(f"{adapter} is not a GGUF LoRA adapter (no adapter.lora.alpha)")
-    alpha = float(alpha_field.contents())
-    pairs: dict[str, dict[str, object]] = {}
-    for t in r.tensors:
-        name, _, kind = t.name.rpartition(".lora_")
-        pairs.setdefault(name, {})[kind] = t.data.astype("float32")
-    return alpha, {n: (ab["a"], ab["b"]) for n, ab in pairs.items()}
 
 
 def merge_gguf(

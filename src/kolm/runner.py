@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from kolm import __version__
-from kolm.artifact import ADAPTER_PART, Artifact, open_artifact
+from kolm.artifact import ADAPTER_PART, Artifact, cache_home, open_artifact
 from kolm.drift import DriftStore, coverage_reason, drift_reason
 from kolm.errors import BaseModelError, ReceiptError
 from kolm.keys import KeyStore
@@ -21,6 +21,9 @@ from kolm.prompt import PromptFormat
 from kolm.receipts import ReceiptStore, sha256_text
 from kolm.runtime import Decoding, Student, llama_cpp_version
 from kolm.verifier import Verifier
+
+PROBE_CACHE = "draft-probe.json"
+"""In the cache folder: the load-time drafting probe's verdicts (`runtime.Student`)."""
 
 
 def load_student(
@@ -47,6 +50,7 @@ def load_student(
         decoding,
         pack=load_pack(art) if recipes else None,
         grammar=load_grammar(art) if decoding.constrain else None,
+        probe_cache=cache_home() / PROBE_CACHE,
     )
     return art, student
 
@@ -153,6 +157,8 @@ def eval_artifact(
     )
     metrics["artifact"] = art.id
     metrics["recipe_pack"] = student.pack is not None
+    if student.draft_note:
+        metrics["recipe_pack_note"] = student.draft_note
     if scored.drafted_shares:
         metrics["drafted_share"] = round(sum(scored.drafted_shares) / len(scored.drafted_shares), 4)
     metrics["outputs"] = scored.outputs
@@ -234,6 +240,8 @@ class Runner:
             "kolm": __version__,
             "recipe_pack": self.student.pack is not None,
         }
+        if self.student.draft_note:
+            self.settings["recipe_pack_note"] = self.student.draft_note
         pack = self.student.pack
         self._expected_share = pack.stats.get("expected_hit_rate") if pack else None
 

@@ -24,6 +24,12 @@ from pathlib import Path
 from kolm.errors import InputError, RuntimeFailure
 from kolm.prompt import PromptFormat, token_ids
 
+PROBE_TEXT = (
+    ' {"invoice": "INV-2041", "total": 1280.50, "due": "2024-03-09"} Since the last'
+    " update the login page fails; please route this ticket to the right queue."
+)
+"""What the load-time drafting probe evaluates (any text: it only compares kernels)."""
+
 
 @dataclass(frozen=True)
 class Decoding:
@@ -100,6 +106,7 @@ class Student:
         decoding: Decoding,
         pack=None,
         grammar: str | None = None,
+        probe_cache: Path | None = None,
     ):
         self.fmt, self.instruction = fmt, instruction
         self.decoding = decoding.resolved()
@@ -125,6 +132,50 @@ class Student:
         self._llm.reset()
         self._llm.eval(self._prefix)
         self._state = self._llm.save_state()
+        from kolm.decompose.draft import SAME_KERNELS_BELOW
+
+        self.max_rows = SAME_KERNELS_BELOW - 1
+        """Most tokens in a batch that holds drafts (`_probe_drafting` may lower it)."""
+        self.draft_note = ""
+        """Why drafting was capped or turned off on this machine ("" when it was not)."""
+        if self.pack is not None:
+            self._probe_drafting((base, *([adapter] if adapter else [])), probe_cache)
+
+    def _probe_drafting(self, files: tuple[Path, ...], cache: Path | None) -> None:
+        """Draft only over batch rows whose logits equal one-token steps on this machine.
+
+        One batched evaluation of 1 + max_draft probe tokens after the instruction is
+        compared with the same tokens one at a time (`draft.invariant_rows`). Where a
+        row differs, drafts are capped below it (and kept out of batches that hold
+        prompt tokens), or turned off, so answers stay byte-identical to plain decoding.
+        The check finds kernels that differ; it cannot prove that every input's rows
+        agree. Its verdict is kept in `cache` (a JSON file), keyed by the model files,
+        the llama.cpp version, the decoding settings that pick kernels and the CPU."""
+        from kolm.decompose.draft import invariant_rows
+
+        want = 1 + self.max_draft
+        key = _probe_key(files, self.decoding, want)
+        rows = _cached_rows(cache, key)
+        if rows is None:
+            probe = (self._tokenize(PROBE_TEXT, False) * want)[:want]
+            rows = invariant_rows(self._llm, self._state, probe)
+            if 2 <= rows < want and invariant_rows(self._llm, self._state, probe[:rows]) != rows:
+                rows = 1
+            _store_rows(cache, key, rows)
+        if rows >= want:
+            return
+        if rows < 2:
+            self.pack, self.max_rows = None, 1
+            self.draft_note = (
+                "llama.cpp's batched logits differ from one-token steps for this model on "
+                "this machine: the recipe pack is off (plain decoding)"
+            )
+        else:
+            self.max_draft, self.max_rows = rows - 1, rows
+            self.draft_note = (
+                f"llama.cpp's batched logits differ from one-token steps past row {rows} for "
+                f"this model on this machine: drafts are capped at {rows - 1} tokens"
+            )
 
     def _tokenize(self, text: str, special: bool) -> list[int]:
         return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
@@ -175,6 +226,7 @@ class Student:
             source=user_input.encode("utf-8"),
             constraint=self._constraint,
             max_draft=self.max_draft,
+            max_rows=self.max_rows,
             on_text=deltas.feed if deltas is not None else None,
         )
         self.last_decode = out
@@ -233,6 +285,71 @@ def _end_of_turn_ids(llm) -> frozenset[int]:
 
     vocab = llm._model.vocab
     return frozenset(t for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t))
+
+
+PROBE_CACHE_ENTRIES = 256
+"""Verdicts kept in the probe cache (the oldest are dropped)."""
+
+
+def _probe_key(files: Sequence[Path], d: Decoding, rows: int) -> str:
+    """What decides llama.cpp's kernels for the probe: the model files (path, size and
+    modification time; materialized parts are named by their digest), the llama.cpp
+    version, the settings that pick kernels, the probe's length and the CPU."""
+    import hashlib
+    import json
+    import platform
+
+    ids = []
+    for f in files:
+        st = Path(f).stat()
+        ids.append([str(Path(f).resolve()), st.st_size, st.st_mtime_ns])
+    what = [ids, llama_cpp_version(), d.threads, d.flash_attn, d.n_batch, rows]
+    what.append([platform.machine(), platform.processor(), _cpu_flags()])
+    return hashlib.sha256(json.dumps(what).encode()).hexdigest()
+
+
+def _cpu_flags() -> str:
+    """The CPU's model and feature flags (Linux), which pick llama.cpp's CPU kernels."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            lines = [x for x in f if x.startswith(("model name", "flags", "Features"))]
+    except OSError:
+        return ""
+    return "".join(sorted(set(lines)))
+
+
+def _cached_rows(cache: Path | None, key: str) -> int | None:
+    import json
+
+    if cache is None:
+        return None
+    try:
+        rows = json.loads(cache.read_text(encoding="utf-8")).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None  # missing or damaged: probe again
+    return rows if isinstance(rows, int) and not isinstance(rows, bool) and rows >= 0 else None
+
+
+def _store_rows(cache: Path | None, key: str, rows: int) -> None:
+    """Add a verdict (atomically; a cache that cannot be written is left alone)."""
+    import json
+
+    if cache is None:
+        return
+    try:
+        known = json.loads(cache.read_text(encoding="utf-8"))
+        if not isinstance(known, dict):
+            known = {}
+    except (OSError, ValueError):
+        known = {}
+    known.pop(key, None)
+    known[key] = rows
+    keep = dict(list(known.items())[-PROBE_CACHE_ENTRIES:])
+    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.partial")
+    with contextlib.suppress(OSError):
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(keep), encoding="utf-8")
+        tmp.replace(cache)
 
 
 def _load(base: Path, adapter: Path | None, d: Decoding):

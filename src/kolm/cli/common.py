@@ -68,6 +68,22 @@ def _precision_rows(record: dict | None) -> list[tuple[str, str]]:
     return rows + ([("  quantizer note", rep.note)] if rep.note else [])
 
 
+def _adapter_rows(record: dict | None) -> list[tuple[str, str]]:
+    """How the LoRA adapter is stored (artifacts from before this was recorded: nothing)."""
+    if not record:
+        return []
+    text = f"{record['tensor_type']}, rank {record['rank']}"
+    if record["stored_rank"] != record["rank"]:
+        text += f" (stored as {record['stored_rank']}, zero-padded)"
+    text += (
+        "; batch-invariant in llama.cpp, so drafting is bit-exact (checked when loaded)"
+        if record["tensor_type"] == "q8_0"
+        else "; batched logits may differ from one-token steps: drafting is capped where "
+        "they do (recompile to write it at q8_0)"
+    )
+    return [("adapter", text)]
+
+
 # -- options shared by the commands that run a model, declared once ----------------
 threads_option = click.option(
     "--threads",

@@ -44,7 +44,7 @@ class RunnerOptions:
         from kolm.receipts import ReceiptStore
         from kolm.runner import Runner
 
-        return Runner(
+        runner = Runner(
             artifact,
             base=self.base,
             threads=self.threads,
@@ -54,6 +54,9 @@ class RunnerOptions:
             min_confidence=self.min_confidence,
             recipes=not self.no_recipes,
         )
+        if runner.student.draft_note:
+            click.echo(f"kolm: note: {runner.student.draft_note}", err=True)
+        return runner
 
 
 def runner_options(*shown_before_recipes):

@@ -9,6 +9,7 @@ import click
 
 from kolm.cli.app import cli
 from kolm.cli.common import (
+    _adapter_rows,
     _floor_line,
     _k_line,
     _ladder_rows,
@@ -95,6 +96,7 @@ def inspect_cmd(artifact: Path, as_json: bool) -> None:
         if floor:
             rows.append(("TF-IDF floor", floor))
     rows += _precision_rows(m.get("precision"))
+    rows += _adapter_rows(m.get("adapter"))
     if "kscore" in m:
         rows.append(("K-score", _k_line(m)))
     rows += _ladder_rows(m)

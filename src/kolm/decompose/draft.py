@@ -29,9 +29,10 @@ token's logits differ by up to 0.9 between a batch of 63 and one of 64 (measured
 the bundled Q4_1 base, 1 thread, where every batch under 64 matches one-token steps
 bit for bit). A batch that holds prompt tokens is drafted on only while it stays
 below that line, so the prompt is evaluated as plain decoding evaluates it. This
-does not make every model batch-invariant: with a LoRA adapter, or on a K-quant
-base such as Gemma 3's Q4_K_M, rows past the second of any batch already differ
-(docs/benchmarks.md, "Where identity is exact")."""
+does not make every model batch-invariant: with an F32 LoRA adapter, or on a
+K-quant base such as Gemma 3's Q4_K_M, rows past the second of any batch already
+differ; compile writes adapters at Q8_0, which do not (`kolm.export.ADAPTER_TYPES`,
+`invariant_rows` checks a loaded model)."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ def decode(
     *,
     stop_texts: Collection[bytes] = (),
     max_draft: int = MAX_DRAFT,
+    max_rows: int = SAME_KERNELS_BELOW - 1,
     pieces: Pieces | None = None,
     source: bytes = b"",
     constraint=None,
@@ -93,6 +95,8 @@ def decode(
     """Greedy answer to `prompt`, reusing whatever prefix of it llm's KV cache holds.
 
     `source` is the input's text, which a pack that copies inputs drafts from.
+    `max_rows` bounds a batch that holds drafts (the pending tokens included): a batch
+    that holds prompt tokens longer than that is evaluated without a draft.
     `constraint` (a `grammar.Constraint`) limits each step to what the grammar allows;
     drafts are then checked against the constrained choice.
     `on_text(settled)` is called after each step with the answer's bytes so far, minus
@@ -109,7 +113,7 @@ def decode(
             max_draft,
             max_tokens - len(s.out) - 1,
             s.room(len(pending)),
-            SAME_KERNELS_BELOW - 1 - len(pending),
+            min(max_rows, SAME_KERNELS_BELOW - 1) - len(pending),
         )
         draft = []
         if pack is not None and room > 0:
@@ -262,6 +266,29 @@ class _State:
             raise RuntimeFailure(f"llama.cpp failed to evaluate a batch: {e}") from None
         llm.input_ids[start : start + n] = tokens
         llm.n_tokens = start + n
+
+
+def invariant_rows(llm, state, tokens: list[int]) -> int:
+    """How many leading rows of one batched evaluation of `tokens` after the saved
+    `state` (`llm.save_state()`) give the same logits, bit for bit, as evaluating the
+    tokens one at a time: drafting is lossless only over rows that do. Leaves the
+    model at `state`."""
+    import numpy as np
+
+    n_vocab = llm.n_vocab()
+    s = _State(llm, [], 0, (), (), None)
+    llm.load_state(state)
+    single = []
+    for t in tokens:
+        s._decode([t], 1)
+        single.append(np.array(_logits(llm, -1, n_vocab)))
+    llm.load_state(state)
+    s._decode(list(tokens), len(tokens))
+    rows = 0
+    while rows < len(tokens) and np.array_equal(_logits(llm, rows, n_vocab), single[rows]):
+        rows += 1
+    llm.load_state(state)
+    return rows
 
 
 def _logits(llm, i: int, n_vocab: int):
