@@ -76,12 +76,12 @@ def main() -> None:
 
 
 def measure(path: Path, args) -> dict:
-    from kolm.runner import load_student
+    from kolm.runner import load_pack, load_student
 
     art, student = load_student(path, threads=args.threads)
-    pack = _remined(art) if args.remine else student.pack
+    pack = _remined(art) if args.remine else load_pack(art)
     if pack is None:
-        raise SystemExit(f"{path} has no recipe pack (or was built without flash attention)")
+        raise SystemExit(f"{path} has no recipe pack")
     if args.merge:
         student = _merged(art, student, pack, args.merge)
     elif args.adapter:

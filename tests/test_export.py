@@ -44,11 +44,14 @@ def test_a_q8_0_adapter_is_padded_to_its_block_and_reads_back_at_its_trained_ran
     # llama.cpp scales by alpha / (its rank = the stored one): the update is unchanged.
     raw = GGUFReader(str(path))
     stored_alpha = float(raw.fields["adapter.lora.alpha"].contents())
-    assert stored_alpha == 64.0
+    b_scale = float(raw.fields["kolm.adapter.b_scale"].contents())
+    assert stored_alpha == 16.0 * 32 / 8 / b_scale
     t = {x.name: dequantize(x.data, x.tensor_type) for x in raw.tensors}
     a, b = t["blk.0.attn_q.weight.lora_a"], t["blk.0.attn_q.weight.lora_b"]
     assert a.shape == (32, 64) and b.shape == (96, 32)
     assert not a[8:].any() and not b[:, 8:].any()  # the padding is zeros
+    top = max(np.abs(b0).max() for _, b0 in pairs.values()) * b_scale
+    assert 0.5 <= top < 1.0 and np.log2(b_scale).is_integer()
     want = 16.0 / 8 * (pairs["blk.0.attn_q.weight"][1] @ pairs["blk.0.attn_q.weight"][0])
     np.testing.assert_allclose(stored_alpha / 32 * (b @ a), want, atol=0.05 * np.abs(want).max())
 
@@ -98,3 +101,19 @@ def test_an_unknown_adapter_type_is_refused(tmp_path):
     with pytest.raises(TrainingError, match="different ranks"):
         mixed = _pairs() | {"blk.9.attn_q.weight": _pairs(rank=4)["blk.0.attn_q.weight"]}
         write_adapter(mixed, "llama", 16.0, tmp_path / "b.gguf")
+
+
+def test_a_small_b_is_scaled_into_q8_0_range_and_alpha_reads_back_exactly(tmp_path):
+    """B entries near 1e-4 would get float16 block scales in the subnormal range; B is
+    multiplied by a power of two (alpha divided by it) and read back to within 8 bits."""
+    from kolm.export import read_lora, write_adapter
+
+    pairs = {k: (a, b / 1000) for k, (a, b) in _pairs(rank=12).items()}
+    path = tmp_path / "a.gguf"
+    write_adapter(pairs, "llama", 16.0, path)
+    alpha, back = read_lora(path)
+    assert alpha == 16.0  # not 16 * 12 / 32 * 32 / 12 in float32
+    for name, (a0, b0) in pairs.items():
+        a1, b1 = back[name]
+        assert a1.shape == a0.shape and b1.shape == (96, 12)
+        assert np.abs(b1 - b0).max() <= np.abs(b0).max() / 127

@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kolm import __version__
-from kolm.artifact import ADAPTER_PART, BASE_PART, canonical_json, utc_now, write_artifact
+from kolm.artifact import (
+    ADAPTER_PART,
+    BASE_PART,
+    cache_home,
+    canonical_json,
+    utc_now,
+    write_artifact,
+)
 from kolm.basemodel import ResolvedBase, resolve
 from kolm.data import Example, load_examples, load_inputs, split_heldout, write_jsonl
 from kolm.errors import GateError, SpecError, TrainingError
@@ -294,7 +301,7 @@ def compile_task(
     if spec.train.method != "sft":
         adapter, train_info = _align_stage(p, work, train_info, report, progress, log)
     _check_cached_answers(p, train_info, _torch_rows(train_info, len(p.heldout)))
-    _adapter_type(p, adapter, log)
+    _requantize_cached_adapter(p, adapter, log)
     timings["train"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -357,7 +364,7 @@ def compile_task(
     return CompileResult(Path(out), manifest, art_id, timings, cached, report_path)
 
 
-def _adapter_type(p: Prepared, adapter: Path, log: Log) -> None:
+def _requantize_cached_adapter(p: Prepared, adapter: Path, log: Log) -> None:
     """A cached stage from before adapters were written at Q8_0 is rewritten at Q8_0, so
     drafting on it is bit-exact (kolm.export.ADAPTER_TYPES)."""
     from kolm.basemodel import gguf_metadata
@@ -608,6 +615,8 @@ def _evaluate_stage(
         runs.append(("base", p.base.gguf, None))
     else:
         log(f"kolm: evaluating the merged {merged.name} on the held-out set (llama.cpp)")
+    from kolm.runner import PROBE_CACHE
+
     scores = {}
     for name, model_path, adapter_path in runs:
         model = Student(
@@ -618,6 +627,7 @@ def _evaluate_stage(
             decoding,
             pack=pack if name == "student" else None,
             grammar=_grammar(p) if name == "student" else None,
+            probe_cache=cache_home() / PROBE_CACHE,
         )
         if model.draft_note:
             log(f"kolm: note: {model.draft_note}")

@@ -1,9 +1,11 @@
-"""Export: write a trained PEFT LoRA adapter as a GGUF adapter llama.cpp loads.
+"""Export: write a trained PEFT LoRA adapter as a GGUF adapter llama.cpp loads, and
+read one back.
 
 Knows the Hugging Face → GGUF tensor names for llama-family bases, the row
 permutation llama.cpp applies to Q and K weights (so B matrices of q_proj/k_proj
 must be permuted the same way), and the tensor type that makes llama.cpp's
-adapter path batch-invariant (below). Knows nothing about training or the artifact.
+adapter path batch-invariant (below), with the padding and scaling it needs,
+which `read_lora` undoes. Knows nothing about training or the artifact.
 """
 
 from __future__ import annotations
@@ -44,6 +46,12 @@ lora_b: the rank is padded with zeros to a multiple of it. B·A is unchanged, an
 alpha is scaled by the same factor, since llama.cpp scales the update by alpha / rank."""
 RANK_KEY = "kolm.adapter.rank"
 """The trained rank, before padding (absent in adapters written at F32)."""
+ALPHA_KEY = "kolm.adapter.alpha"
+"""The trained alpha (`adapter.lora.alpha` is scaled for the padding and for B_SCALE_KEY)."""
+B_SCALE_KEY = "kolm.adapter.b_scale"
+"""The power of two B was multiplied by before quantizing (alpha divided by it, so the
+update is unchanged): it keeps Q8_0's float16 block scales out of the subnormal range
+for a B whose entries are all small."""
 
 
 def permute_rows(w, n_head: int):
@@ -112,12 +120,15 @@ def write_adapter(
     if tensor_type == "q8_0" and any(a.shape[1] % Q8_BLOCK for a, _ in pairs.values()):
         tensor_type = "f32"
     stored = -(-rank // Q8_BLOCK) * Q8_BLOCK if tensor_type == "q8_0" else rank
+    b_scale = _b_scale(pairs) if tensor_type == "q8_0" else 1.0
     writer = gguf.GGUFWriter(str(out), arch)
     writer.add_type("adapter")
     writer.add_string("adapter.type", "lora")
-    writer.add_float32("adapter.lora.alpha", float(alpha) * stored / rank)
+    writer.add_float32("adapter.lora.alpha", float(alpha) * stored / rank / b_scale)
     if tensor_type == "q8_0":
         writer.add_uint32(RANK_KEY, rank)
+        writer.add_float32(ALPHA_KEY, float(alpha))
+        writer.add_float32(B_SCALE_KEY, b_scale)
     q8 = gguf.GGMLQuantizationType.Q8_0
     for name, (a, b) in pairs.items():
         a = np.asarray(a, dtype=np.float32)
@@ -127,7 +138,7 @@ def write_adapter(
             writer.add_tensor(f"{name}.lora_b", np.ascontiguousarray(b))
             continue
         a = np.pad(a, ((0, stored - rank), (0, 0)))
-        b = np.pad(b, ((0, 0), (0, stored - rank)))
+        b = np.pad(b * np.float32(b_scale), ((0, 0), (0, stored - rank)))
         for suffix, m in (("lora_a", a), ("lora_b", b)):
             data = gguf.quants.quantize(np.ascontiguousarray(m), q8)
             writer.add_tensor(f"{name}.{suffix}", data, raw_shape=data.shape, raw_dtype=q8)
@@ -136,6 +147,18 @@ def write_adapter(
     writer.write_tensors_to_file()
     writer.close()
     return tensor_type
+
+
+def _b_scale(pairs: dict) -> float:
+    """2^k bringing the largest |B| entry into [0.5, 1) (k from 0 to 16)."""
+    import math
+
+    import numpy as np
+
+    top = max((float(np.abs(b).max()) for _, b in pairs.values() if b.size), default=0.0)
+    if not top or not math.isfinite(top):
+        return 1.0
+    return float(2.0 ** min(16, max(0, math.floor(-math.log2(top)))))
 
 
 def read_lora(adapter: Path):
@@ -151,6 +174,8 @@ def read_lora(adapter: Path):
     alpha = float(alpha_field.contents())
     rank_field = r.fields.get(RANK_KEY)
     rank = int(rank_field.contents()) if rank_field is not None else None
+    scale_field = r.fields.get(B_SCALE_KEY)
+    b_scale = float(scale_field.contents()) if scale_field is not None else 1.0
     pairs: dict[str, dict[str, object]] = {}
     stored = None
     for t in r.tensors:
@@ -159,9 +184,12 @@ def read_lora(adapter: Path):
         if kind == "a":
             stored = m.shape[0]
         if rank is not None:
-            m = m[:rank] if kind == "a" else m[:, :rank]
+            m = m[:rank] if kind == "a" else m[:, :rank] / b_scale
         pairs.setdefault(name, {})[kind] = m
-    if rank is not None and stored:
+    alpha_field = r.fields.get(ALPHA_KEY)
+    if alpha_field is not None:
+        alpha = float(alpha_field.contents())
+    elif rank is not None and stored:
         alpha = alpha * rank / stored
     return alpha, {n: (ab["a"], ab["b"]) for n, ab in pairs.items()}
 
@@ -186,11 +214,17 @@ def requantize(adapter: Path, arch: str, tensor_type: str = "q8_0") -> bool:
     at `tensor_type`, in place; returns whether it was rewritten."""
     if adapter_format(adapter)["tensor_type"] == tensor_type:
         return False
+    import os
+    import tempfile
+
     alpha, pairs = read_lora(adapter)
-    tmp = adapter.with_name(adapter.name + ".partial")
-    written = write_adapter(pairs, arch, alpha, tmp, tensor_type)
-    if written != tensor_type:
-        tmp.unlink()
-        return False
-    tmp.replace(adapter)
-    return True
+    fd, name = tempfile.mkstemp(dir=adapter.parent, prefix=adapter.name + ".", suffix=".partial")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        if write_adapter(pairs, arch, alpha, tmp, tensor_type) != tensor_type:
+            return False
+        tmp.replace(adapter)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -244,6 +244,10 @@ class Runner:
             self.settings["recipe_pack_note"] = self.student.draft_note
         pack = self.student.pack
         self._expected_share = pack.stats.get("expected_hit_rate") if pack else None
+        if self.student.draft_note:
+            # Mined for uncapped drafts: a capped pack covers less of every answer,
+            # which is this machine's kernels, not a drifting input.
+            self._expected_share = None
 
     def __call__(self, text: str) -> Result:
         return self.record(self.answer(text))

@@ -4,11 +4,15 @@ The shared prompt prefix (template + instruction) is evaluated once at load and
 its state restored before every call, so each answer is computed the same way
 whatever came before it (greedy decoding; same machine and build → same bytes).
 Decoding is `decompose.draft.decode`: plain greedy one token at a time, or, with
-a recipe pack and flash attention (whose logits do not depend on the batch
-shape), drafts verified in batches — the same bytes either way. With `on_delta`
-an answer is also handed out as it is made (`TextDeltas`: whole characters only,
+a recipe pack and flash attention, drafts verified in batches — the same bytes
+either way, because a model loaded with a pack is first checked: batches whose
+logits differ from one-token steps on this machine hold no draft (the verdict is
+cached in a JSON file the caller names, keyed by the model files, the llama.cpp
+build, the settings and the CPU flags from /proc/cpuinfo). With `on_delta` an
+answer is also handed out as it is made (`TextDeltas`: whole characters only,
 the same text the answer ends up with).
-Knows llama-cpp-python; knows nothing of artifacts, signatures or training.
+Knows llama-cpp-python and how an adapter GGUF says its tensor type; knows nothing
+of artifacts, signatures or training.
 """
 
 from __future__ import annotations
@@ -139,43 +143,61 @@ class Student:
         self.draft_note = ""
         """Why drafting was capped or turned off on this machine ("" when it was not)."""
         if self.pack is not None:
-            self._probe_drafting((base, *([adapter] if adapter else [])), probe_cache)
+            self._probe_drafting(base, adapter, probe_cache)
 
-    def _probe_drafting(self, files: tuple[Path, ...], cache: Path | None) -> None:
-        """Draft only over batch rows whose logits equal one-token steps on this machine.
+    def _probe_drafting(self, base: Path, adapter: Path | None, cache: Path | None) -> None:
+        """Draft only over batches whose logits equal one-token steps on this machine.
 
-        One batched evaluation of 1 + max_draft probe tokens after the instruction is
-        compared with the same tokens one at a time (`draft.invariant_rows`). Where a
-        row differs, drafts are capped below it (and kept out of batches that hold
-        prompt tokens), or turned off, so answers stay byte-identical to plain decoding.
-        The check finds kernels that differ; it cannot prove that every input's rows
-        agree. Its verdict is kept in `cache` (a JSON file), keyed by the model files,
-        the llama.cpp version, the decoding settings that pick kernels and the CPU."""
-        from kolm.decompose.draft import invariant_rows
+        An adapter not stored at Q8_0 (compiled before 2026-12-05) turns the pack off:
+        its batched rows differ in the last bits, which reach the logits only for some
+        inputs, so no probe can clear it. Otherwise up to 63 probe tokens after the
+        instruction are evaluated one at a time and in batches of several sizes
+        (`draft.invariant_rows`). Batches longer than the largest size that matched
+        hold no draft: drafts are capped below it, or the pack is off. The check finds
+        kernels that differ; it cannot prove that every input agrees. Its verdict is
+        kept in `cache` (a JSON file), keyed by the model files, the llama.cpp build,
+        the decoding settings that pick kernels and the CPU."""
+        from kolm.decompose.draft import SAME_KERNELS_BELOW, invariant_rows
 
-        want = 1 + self.max_draft
-        key = _probe_key(files, self.decoding, want)
+        if adapter is not None:
+            from kolm.export import adapter_format
+
+            kind = adapter_format(adapter)["tensor_type"]
+            if kind != "q8_0":
+                self._drafting_off(
+                    f"the LoRA adapter is stored at {kind}, whose batched logits differ from "
+                    "one-token steps: the recipe pack is off (plain decoding); an artifact "
+                    "compiled before 2026-12-05 gets a Q8_0 adapter when compiled again"
+                )
+                return
+        room = min(SAME_KERNELS_BELOW - 1, self.decoding.n_ctx - len(self._prefix) - 1)
+        files = (base, *([adapter] if adapter else []))
+        key = _probe_key(files, self.decoding, room)
         rows = _cached_rows(cache, key)
         if rows is None:
-            probe = (self._tokenize(PROBE_TEXT, False) * want)[:want]
-            rows = invariant_rows(self._llm, self._state, probe)
-            if 2 <= rows < want and invariant_rows(self._llm, self._state, probe[:rows]) != rows:
-                rows = 1
+            probe = (self._tokenize(PROBE_TEXT, False) * SAME_KERNELS_BELOW)[: max(room, 0)]
+            try:
+                rows = invariant_rows(self._llm, self._state, probe)
+            except Exception as e:  # a model that answers must still load
+                self._drafting_off(f"the drafting check failed ({e}): the recipe pack is off")
+                return
             _store_rows(cache, key, rows)
-        if rows >= want:
-            return
+        self.max_rows = min(self.max_rows, rows)
         if rows < 2:
-            self.pack, self.max_rows = None, 1
-            self.draft_note = (
+            self._drafting_off(
                 "llama.cpp's batched logits differ from one-token steps for this model on "
                 "this machine: the recipe pack is off (plain decoding)"
             )
-        else:
-            self.max_draft, self.max_rows = rows - 1, rows
+        elif rows <= self.max_draft:
+            self.max_draft = rows - 1
             self.draft_note = (
-                f"llama.cpp's batched logits differ from one-token steps past row {rows} for "
-                f"this model on this machine: drafts are capped at {rows - 1} tokens"
+                f"llama.cpp's batched logits differ from one-token steps in batches over "
+                f"{rows} tokens for this model on this machine: drafts are capped at "
+                f"{rows - 1} tokens"
             )
+
+    def _drafting_off(self, why: str) -> None:
+        self.pack, self.max_rows, self.draft_note = None, 1, why
 
     def _tokenize(self, text: str, special: bool) -> list[int]:
         return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
@@ -291,21 +313,46 @@ PROBE_CACHE_ENTRIES = 256
 """Verdicts kept in the probe cache (the oldest are dropped)."""
 
 
+PROBE_CACHE_MAX_BYTES = 1 << 20
+"""A probe cache file larger than this is ignored (and replaced)."""
+
+
 def _probe_key(files: Sequence[Path], d: Decoding, rows: int) -> str:
     """What decides llama.cpp's kernels for the probe: the model files (path, size and
     modification time; materialized parts are named by their digest), the llama.cpp
-    version, the settings that pick kernels, the probe's length and the CPU."""
+    build (version, its own feature line, its libraries' size and time), the settings
+    that pick kernels, the probe's length and the CPU."""
     import hashlib
     import json
     import platform
 
-    ids = []
-    for f in files:
-        st = Path(f).stat()
-        ids.append([str(Path(f).resolve()), st.st_size, st.st_mtime_ns])
-    what = [ids, llama_cpp_version(), d.threads, d.flash_attn, d.n_batch, rows]
-    what.append([platform.machine(), platform.processor(), _cpu_flags()])
+    what = [
+        [_file_id(f) for f in files],
+        llama_cpp_version(),
+        _llama_build(),
+        [d.threads, d.flash_attn, d.n_batch, rows],
+        [platform.machine(), _cpu_flags()],
+    ]
     return hashlib.sha256(json.dumps(what).encode()).hexdigest()
+
+
+def _file_id(path: Path) -> list:
+    st = Path(path).stat()
+    return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
+
+
+def _llama_build() -> list:
+    """llama.cpp's system-info line and its shared libraries (a rebuild with other
+    CMAKE_ARGS keeps llama-cpp-python's version but changes these)."""
+    try:
+        import llama_cpp
+
+        info = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
+        libs = sorted((Path(llama_cpp.__file__).parent / "lib").glob("*.so*"))
+        libs += sorted((Path(llama_cpp.__file__).parent / "lib").glob("*.dylib"))
+        return [info, [_file_id(p) for p in libs if p.is_file()]]
+    except Exception:  # pragma: no cover - an unusual install: key on the version alone
+        return []
 
 
 def _cpu_flags() -> str:
@@ -318,38 +365,51 @@ def _cpu_flags() -> str:
     return "".join(sorted(set(lines)))
 
 
-def _cached_rows(cache: Path | None, key: str) -> int | None:
+def _read_cache(cache: Path) -> dict:
+    """The cached verdicts; {} for a missing, oversized or damaged file."""
     import json
 
+    try:
+        if cache.stat().st_size > PROBE_CACHE_MAX_BYTES:
+            return {}
+        known = json.loads(cache.read_text(encoding="utf-8"))
+    except Exception:  # OSError, bad JSON, a nesting too deep to parse
+        return {}
+    return known if isinstance(known, dict) else {}
+
+
+def _cached_rows(cache: Path | None, key: str) -> int | None:
+    """The verdict cached for `key`, or None (no cache, no entry, not a count)."""
     if cache is None:
         return None
-    try:
-        rows = json.loads(cache.read_text(encoding="utf-8")).get(key)
-    except (OSError, ValueError, AttributeError):
-        return None  # missing or damaged: probe again
+    rows = _read_cache(cache).get(key)
     return rows if isinstance(rows, int) and not isinstance(rows, bool) and rows >= 0 else None
 
 
 def _store_rows(cache: Path | None, key: str, rows: int) -> None:
     """Add a verdict (atomically; a cache that cannot be written is left alone)."""
     import json
+    import tempfile
 
     if cache is None:
         return
-    try:
-        known = json.loads(cache.read_text(encoding="utf-8"))
-        if not isinstance(known, dict):
-            known = {}
-    except (OSError, ValueError):
-        known = {}
+    known = _read_cache(cache)
     known.pop(key, None)
     known[key] = rows
     keep = dict(list(known.items())[-PROBE_CACHE_ENTRIES:])
-    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.partial")
-    with contextlib.suppress(OSError):
+    tmp = None
+    try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(keep), encoding="utf-8")
+        fd, name = tempfile.mkstemp(dir=cache.parent, prefix=cache.name + ".", suffix=".partial")
+        tmp = Path(name)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(keep))
         tmp.replace(cache)
+    except OSError:
+        pass
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
 
 
 def _load(base: Path, adapter: Path | None, d: Decoding):

@@ -68,18 +68,26 @@ def _precision_rows(record: dict | None) -> list[tuple[str, str]]:
     return rows + ([("  quantizer note", rep.note)] if rep.note else [])
 
 
-def _adapter_rows(record: dict | None) -> list[tuple[str, str]]:
-    """How the LoRA adapter is stored (artifacts from before this was recorded: nothing)."""
+def _adapter_rows(manifest: dict) -> list[tuple[str, str]]:
+    """How the LoRA adapter is stored, and what that means for drafting."""
+    record = manifest.get("adapter")
     if not record:
-        return []
+        if "adapter.gguf" not in manifest.get("parts", {}):
+            return []  # a merged build (or a manifest without parts): no adapter
+        return [
+            (
+                "adapter",
+                "f32 (compiled before 2026-12-05): `kolm run` turns its recipe pack off; "
+                "compile again for a Q8_0 adapter and bit-exact drafting",
+            )
+        ]
     text = f"{record['tensor_type']}, rank {record['rank']}"
     if record["stored_rank"] != record["rank"]:
         text += f" (stored as {record['stored_rank']}, zero-padded)"
     text += (
-        "; batch-invariant in llama.cpp, so drafting is bit-exact (checked when loaded)"
+        ": batch-invariant, drafting is lossless (checked when loaded)"
         if record["tensor_type"] == "q8_0"
-        else "; batched logits may differ from one-token steps: drafting is capped where "
-        "they do (recompile to write it at q8_0)"
+        else ": a layer width is not a multiple of 32, so not Q8_0: the recipe pack is off"
     )
     return [("adapter", text)]
 

@@ -368,7 +368,7 @@ def _print_compile_summary(result) -> None:
             " / ".join(f"{v:.0f}s" for v in result.timings.values()),
         ),
         *_precision_rows(result.manifest.get("precision")),
-        *_adapter_rows(result.manifest.get("adapter")),
+        *_adapter_rows(result.manifest),
         ("artifact", f"{result.artifact} ({size / 1e6:.1f} MB)"),
         ("artifact id", result.artifact_id[:16]),
         *_ladder_rows(result.manifest),

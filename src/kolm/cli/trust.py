@@ -96,7 +96,7 @@ def inspect_cmd(artifact: Path, as_json: bool) -> None:
         if floor:
             rows.append(("TF-IDF floor", floor))
     rows += _precision_rows(m.get("precision"))
-    rows += _adapter_rows(m.get("adapter"))
+    rows += _adapter_rows(m)
     if "kscore" in m:
         rows.append(("K-score", _k_line(m)))
     rows += _ladder_rows(m)

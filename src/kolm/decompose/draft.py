@@ -29,10 +29,9 @@ token's logits differ by up to 0.9 between a batch of 63 and one of 64 (measured
 the bundled Q4_1 base, 1 thread, where every batch under 64 matches one-token steps
 bit for bit). A batch that holds prompt tokens is drafted on only while it stays
 below that line, so the prompt is evaluated as plain decoding evaluates it. This
-does not make every model batch-invariant: with an F32 LoRA adapter, or on a
-K-quant base such as Gemma 3's Q4_K_M, rows past the second of any batch already
-differ; compile writes adapters at Q8_0, which do not (`kolm.export.ADAPTER_TYPES`,
-`invariant_rows` checks a loaded model)."""
+does not make every model batch-invariant (an F32 LoRA adapter, Gemma 3's Q4_K_M
+base): compile writes adapters at Q8_0 (`kolm.export.ADAPTER_TYPES`), and
+`runtime.Student` checks each model when it loads (`invariant_rows`)."""
 
 
 @dataclass(frozen=True)
@@ -268,26 +267,41 @@ class _State:
         llm.n_tokens = start + n
 
 
-def invariant_rows(llm, state, tokens: list[int]) -> int:
-    """How many leading rows of one batched evaluation of `tokens` after the saved
-    `state` (`llm.save_state()`) give the same logits, bit for bit, as evaluating the
-    tokens one at a time: drafting is lossless only over rows that do. Leaves the
-    model at `state`."""
+PROBE_SIZES = (2, 3, 4, 8, 13, 25, 32, 33, 63)
+"""Batch sizes `invariant_rows` checks by default: small and large, odd and even,
+around 32 (where some builds hand batches to other kernels) and the largest batch
+drafting makes (63, below SAME_KERNELS_BELOW)."""
+
+
+def invariant_rows(llm, state, tokens: list[int], sizes: Collection[int] = ()) -> int:
+    """The largest batch size up to which drafting is lossless for this model here.
+
+    After the saved `state` (`llm.save_state()`), `tokens` are evaluated one at a
+    time, then the first n of them in one batch for each n in `sizes` (default: the
+    PROBE_SIZES that fit, and len(tokens)), smallest first. Returns the largest n
+    such that every checked batch up to n gave each row the logits, bit for bit, of
+    the one-token step; 1 when the smallest differs. Leaves the model at `state`.
+    A check, not a proof: batch sizes between those checked are not evaluated."""
     import numpy as np
 
     n_vocab = llm.n_vocab()
+    sizes = sorted({n for n in (sizes or (*PROBE_SIZES, len(tokens))) if 2 <= n <= len(tokens)})
     s = _State(llm, [], 0, (), (), None)
     llm.load_state(state)
     single = []
-    for t in tokens:
+    for t in tokens[: max(sizes, default=0)]:
         s._decode([t], 1)
         single.append(np.array(_logits(llm, -1, n_vocab)))
-    llm.load_state(state)
-    s._decode(list(tokens), len(tokens))
-    rows = 0
-    while rows < len(tokens) and np.array_equal(_logits(llm, rows, n_vocab), single[rows]):
-        rows += 1
-    llm.load_state(state)
+    rows = 1
+    try:
+        for n in sizes:
+            llm.load_state(state)
+            s._decode(list(tokens[:n]), n)
+            if not all(np.array_equal(_logits(llm, i, n_vocab), single[i]) for i in range(n)):
+                break
+            rows = n
+    finally:
+        llm.load_state(state)
     return rows
 
 
