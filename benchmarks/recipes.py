@@ -82,6 +82,8 @@ def measure(path: Path, args) -> dict:
     pack = _remined(art) if args.remine else load_pack(art)
     if pack is None:
         raise SystemExit(f"{path} has no recipe pack")
+    if not student.decoding.flash_attn:
+        raise SystemExit(f"{path} was built without flash attention: it does not draft")
     if args.merge:
         student = _merged(art, student, pack, args.merge)
     elif args.adapter:
@@ -160,6 +162,7 @@ def _kolm(student, pack, max_draft=None):
     from kolm.decompose.mine import MAX_DRAFT
 
     def run(text: str) -> _Run:
+        # The load-time check's cap stays in force through student.max_rows.
         student.pack, student.max_draft = pack, max_draft or MAX_DRAFT
         t0 = time.perf_counter()
         ans = student.answer(text)

@@ -117,3 +117,21 @@ def test_a_small_b_is_scaled_into_q8_0_range_and_alpha_reads_back_exactly(tmp_pa
         a1, b1 = back[name]
         assert a1.shape == a0.shape and b1.shape == (96, 12)
         assert np.abs(b1 - b0).max() <= np.abs(b0).max() / 127
+
+
+def test_inspect_says_how_the_adapter_is_stored():
+    from kolm.cli.common import _adapter_rows
+
+    parts = {"adapter.gguf": {}, "base.gguf": {}}
+    q8 = _adapter_rows(
+        {"adapter": {"tensor_type": "q8_0", "rank": 8, "stored_rank": 32}, "parts": parts}
+    )
+    assert q8[0][0] == "adapter" and q8[0][1].startswith("q8_0, rank 8 (stored as 32")
+    assert "checked when loaded" in q8[0][1]
+    (old,) = _adapter_rows({"parts": parts})  # compiled before the record existed
+    assert "compiled before 2026-12-05" in old[1] and "compile again" in old[1]
+    (wide,) = _adapter_rows(
+        {"adapter": {"tensor_type": "f32", "rank": 8, "stored_rank": 8}, "parts": parts}
+    )
+    assert "not a multiple of 32" in wide[1] and "stored as" not in wide[1]
+    assert _adapter_rows({"parts": {"base.gguf": {}}}) == []  # a merged build

@@ -66,6 +66,30 @@ def test_replay_of_hash_only_receipts_needs_the_right_input(compiled, env, tmp_p
     assert replay(rec_id, store, text="a basket of peaches").reproduced
 
 
+def test_replay_says_when_it_drafted_differently_from_the_receipt(
+    compiled, env, tmp_path, monkeypatch
+):
+    """A receipt written with the recipe pack, replayed where the load-time check turns
+    the pack off, says so: the answer then came from the plain decoding path."""
+    import kolm.decompose.draft as draft
+
+    store = ReceiptStore(tmp_path / "r.sqlite")
+    runner = Runner(compiled["out"], receipts=store)
+    try:
+        assert runner.settings["recipe_pack"] is True
+        rec_id = runner("a basket of peaches").receipt
+    finally:
+        runner.close()
+    same = replay(rec_id, store)
+    assert same.reproduced and same.drafting_differs == ""
+    monkeypatch.setenv("KOLM_CACHE", str(tmp_path / "fresh-cache"))  # no cached verdict
+    monkeypatch.setattr(draft, "invariant_rows", lambda llm, state, tokens: 1)
+    other = replay(rec_id, store)
+    assert other.reproduced  # the toy student's answer is far from a tie
+    assert "answered with the recipe pack and the replay without it" in other.drafting_differs
+    assert "differ from one-token steps" in other.drafting_differs
+
+
 def test_verifier_failures_and_low_confidence_are_logged_as_drift(compiled, env, tmp_path):
     drift = DriftStore(tmp_path / "d.sqlite")
     runner = Runner(compiled["out"], drift=drift, receipts=ReceiptStore(tmp_path / "r.sqlite"))

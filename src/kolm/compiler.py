@@ -37,7 +37,7 @@ from kolm.prompt import PromptFormat, format_from_gguf
 from kolm.recall.ground import INDEX_PART, Grounder
 from kolm.recall.index import IndexReport
 from kolm.report import write_reports
-from kolm.runtime import Decoding, Student, llama_cpp_version
+from kolm.runtime import PROBE_CACHE, Decoding, Student, llama_cpp_version
 from kolm.spec import TaskSpec, TeacherConfig
 from kolm.verifier import Verifier, check_seeds, label_shortfall, synthesize
 
@@ -373,6 +373,8 @@ def _requantize_cached_adapter(p: Prepared, adapter: Path, log: Log) -> None:
     arch = str(gguf_metadata(p.base.gguf, ("general.architecture",))["general.architecture"])
     if requantize(adapter, arch):
         log("kolm: rewrote the cached adapter at q8_0 (batch-invariant drafting)")
+        for stale in adapter.parent.glob("merged-*.gguf"):  # merged from the F32 values
+            stale.unlink()
 
 
 def _train_stage(p: Prepared, work: Path, progress: bool, log: Log) -> dict:
@@ -615,8 +617,6 @@ def _evaluate_stage(
         runs.append(("base", p.base.gguf, None))
     else:
         log(f"kolm: evaluating the merged {merged.name} on the held-out set (llama.cpp)")
-    from kolm.runner import PROBE_CACHE
-
     scores = {}
     for name, model_path, adapter_path in runs:
         model = Student(

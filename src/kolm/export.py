@@ -39,7 +39,7 @@ between a one-token step and a later row of a batched evaluation, and the recipe
 pack's drafts (verified in one batch) are not bit-exact. At Q8_0 the matmuls take
 the per-row 8-bit dot products the base's own weights take, and every row of a
 batch matches the one-token step (docs/benchmarks.md, "A batch-invariant adapter").
-The held-out answers of the shipped example are the same at either type."""
+The shipped tickets example's 64 held-out answers are the same at either type."""
 Q8_BLOCK = 32
 """Q8_0 packs 32 values along a tensor's first GGUF dimension, which is the rank for
 lora_b: the rank is padded with zeros to a multiple of it. B·A is unchanged, and
@@ -150,7 +150,7 @@ def write_adapter(
 
 
 def _b_scale(pairs: dict) -> float:
-    """2^k bringing the largest |B| entry into [0.5, 1) (k from 0 to 16)."""
+    """2^k bringing the largest |B| entry into [0.5, 1] (k from 0 to 16)."""
     import math
 
     import numpy as np

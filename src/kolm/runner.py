@@ -14,16 +14,14 @@ from pathlib import Path
 
 from kolm import __version__
 from kolm.artifact import ADAPTER_PART, Artifact, cache_home, open_artifact
+from kolm.decompose.mine import MAX_DRAFT
 from kolm.drift import DriftStore, coverage_reason, drift_reason
 from kolm.errors import BaseModelError, ReceiptError
 from kolm.keys import KeyStore
 from kolm.prompt import PromptFormat
 from kolm.receipts import ReceiptStore, sha256_text
-from kolm.runtime import Decoding, Student, llama_cpp_version
+from kolm.runtime import PROBE_CACHE, Decoding, Student, llama_cpp_version
 from kolm.verifier import Verifier
-
-PROBE_CACHE = "draft-probe.json"
-"""In the cache folder: the load-time drafting probe's verdicts (`runtime.Student`)."""
 
 
 def load_student(
@@ -244,7 +242,7 @@ class Runner:
             self.settings["recipe_pack_note"] = self.student.draft_note
         pack = self.student.pack
         self._expected_share = pack.stats.get("expected_hit_rate") if pack else None
-        if self.student.draft_note:
+        if self.student.max_draft < MAX_DRAFT:
             # Mined for uncapped drafts: a capped pack covers less of every answer,
             # which is this machine's kernels, not a drifting input.
             self._expected_share = None
@@ -377,6 +375,9 @@ class Replay:
     build_differs: bool
     recorded_build: str
     current_build: str
+    drafting_differs: str = ""
+    """Why the recipe pack was used differently from when the receipt was written
+    ("" when it was not): answers then came from another decoding path."""
 
 
 def replay(
@@ -418,11 +419,20 @@ def replay(
                 raise ReceiptError(f"receipt {r.id[:12]} names chunks but {path} has no index")
             context = grounder.by_ids(r.context)
         out = student.answer(text, context).output
+        drafted = student.pack is not None
     finally:
         student.close()
         if grounder is not None:
             grounder.close()
     current = llama_cpp_version()
+    recorded = r.settings.get("recipe_pack")
+    drafting = ""
+    if recorded is not None and bool(recorded) != drafted:
+        drafting = (
+            f"the receipt was answered {'with' if recorded else 'without'} the recipe pack "
+            f"and the replay {'with' if drafted else 'without'} it"
+            + (f" ({student.draft_note})" if student.draft_note else "")
+        )
     return Replay(
         r.id,
         sha256_text(out) == r.output_sha256,
@@ -430,4 +440,5 @@ def replay(
         current != r.settings["llama_cpp"],
         r.settings["llama_cpp"],
         current,
+        drafting,
     )

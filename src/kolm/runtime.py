@@ -46,9 +46,9 @@ class Decoding:
     n_batch: int = 512
     threads: int = 0
     flash_attn: bool = False
-    """llama.cpp flash attention. With it a position's logits do not depend on how
-    many tokens share its batch, which lossless drafting needs; without it (older
-    artifacts) the recipe pack is not used."""
+    """llama.cpp flash attention. Without it a position's logits depend on how many
+    tokens share its batch, so (older artifacts) the recipe pack is not used; with it
+    they need not, which the load-time check confirms per model (`_probe_drafting`)."""
     constrain: bool = False
     """Constrain outputs with a grammar from the verifier (labels or JSON Schema)."""
 
@@ -166,23 +166,29 @@ class Student:
             if kind != "q8_0":
                 self._drafting_off(
                     f"the LoRA adapter is stored at {kind}, whose batched logits differ from "
-                    "one-token steps: the recipe pack is off (plain decoding); an artifact "
-                    "compiled before 2026-12-05 gets a Q8_0 adapter when compiled again"
+                    "one-token steps: the recipe pack is off (plain decoding); compiling an "
+                    "artifact made before 2026-12-05 again writes its adapter at Q8_0"
                 )
                 return
+        llm = self._llm
         room = min(SAME_KERNELS_BELOW - 1, self.decoding.n_ctx - len(self._prefix) - 1)
+        room = min(room, llm.n_batch)
+        if room < 2:
+            return  # no batch can hold a draft and a token after it anyway
         files = (base, *([adapter] if adapter else []))
         key = _probe_key(files, self.decoding, room)
         rows = _cached_rows(cache, key)
         if rows is None:
-            probe = (self._tokenize(PROBE_TEXT, False) * SAME_KERNELS_BELOW)[: max(room, 0)]
+            probe = (self._tokenize(PROBE_TEXT, False) * SAME_KERNELS_BELOW)[:room]
             try:
-                rows = invariant_rows(self._llm, self._state, probe)
+                rows = invariant_rows(llm, self._state, probe)
             except Exception as e:  # a model that answers must still load
                 self._drafting_off(f"the drafting check failed ({e}): the recipe pack is off")
                 return
             _store_rows(cache, key, rows)
-        self.max_rows = min(self.max_rows, rows)
+        if rows >= room:
+            return  # every batch checked matched
+        self.max_rows = rows
         if rows < 2:
             self._drafting_off(
                 "llama.cpp's batched logits differ from one-token steps for this model on "
@@ -194,6 +200,12 @@ class Student:
                 f"llama.cpp's batched logits differ from one-token steps in batches over "
                 f"{rows} tokens for this model on this machine: drafts are capped at "
                 f"{rows - 1} tokens"
+            )
+        else:
+            self.draft_note = (
+                f"llama.cpp's batched logits differ from one-token steps in batches over "
+                f"{rows} tokens for this model on this machine: a batch that holds prompt "
+                "tokens holds a draft only up to that size"
             )
 
     def _drafting_off(self, why: str) -> None:
@@ -309,6 +321,8 @@ def _end_of_turn_ids(llm) -> frozenset[int]:
     return frozenset(t for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t))
 
 
+PROBE_CACHE = "draft-probe.json"
+"""The file name callers give the probe cache, in kolm's cache folder."""
 PROBE_CACHE_ENTRIES = 256
 """Verdicts kept in the probe cache (the oldest are dropped)."""
 

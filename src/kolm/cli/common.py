@@ -70,9 +70,11 @@ def _precision_rows(record: dict | None) -> list[tuple[str, str]]:
 
 def _adapter_rows(manifest: dict) -> list[tuple[str, str]]:
     """How the LoRA adapter is stored, and what that means for drafting."""
+    from kolm.artifact import ADAPTER_PART
+
     record = manifest.get("adapter")
     if not record:
-        if "adapter.gguf" not in manifest.get("parts", {}):
+        if ADAPTER_PART not in manifest.get("parts", {}):
             return []  # a merged build (or a manifest without parts): no adapter
         return [
             (
@@ -85,7 +87,7 @@ def _adapter_rows(manifest: dict) -> list[tuple[str, str]]:
     if record["stored_rank"] != record["rank"]:
         text += f" (stored as {record['stored_rank']}, zero-padded)"
     text += (
-        ": batch-invariant, drafting is lossless (checked when loaded)"
+        ": a batch-invariant adapter; drafting is checked when loaded"
         if record["tensor_type"] == "q8_0"
         else ": a layer width is not a multiple of 32, so not Q8_0: the recipe pack is off"
     )

@@ -469,6 +469,8 @@ def eval_cmd(
         ]
     for f, v in m.get("field_accuracy", {}).items():
         rows.append((f"  field {f}", f"{v:.1%}"))
+    if m.get("recipe_pack_note"):
+        rows.append(("recipe pack", m["recipe_pack_note"]))
     click.echo(_table(rows, (f"eval {artifact} on {data}", "")))
 
 

@@ -137,6 +137,8 @@ def replay_cmd(
             fg="yellow",
             err=True,
         )
+    if r.drafting_differs:
+        click.secho(f"note: {r.drafting_differs}", fg="yellow", err=True)
     if r.reproduced:
         click.echo(f"REPRODUCED {r.receipt[:16]}: {r.output}")
         return

@@ -278,22 +278,27 @@ def invariant_rows(llm, state, tokens: list[int], sizes: Collection[int] = ()) -
 
     After the saved `state` (`llm.save_state()`), `tokens` are evaluated one at a
     time, then the first n of them in one batch for each n in `sizes` (default: the
-    PROBE_SIZES that fit, and len(tokens)), smallest first. Returns the largest n
-    such that every checked batch up to n gave each row the logits, bit for bit, of
-    the one-token step; 1 when the smallest differs. Leaves the model at `state`.
-    A check, not a proof: batch sizes between those checked are not evaluated."""
+    PROBE_SIZES that fit, and len(tokens)), smallest first; sizes above `llm.n_batch`
+    are skipped. Returns the largest n such that every checked batch up to n gave
+    each row the logits, bit for bit, of the one-token step: 1 when the smallest
+    differs, len(tokens) when no size is checked. Leaves the model at `state`,
+    whatever happens. A check, not a proof: sizes between those checked are not
+    evaluated."""
     import numpy as np
 
+    limit = min(len(tokens), llm.n_batch)
+    sizes = sorted({n for n in (sizes or (*PROBE_SIZES, limit)) if 2 <= n <= limit})
+    if not sizes:
+        return len(tokens)
     n_vocab = llm.n_vocab()
-    sizes = sorted({n for n in (sizes or (*PROBE_SIZES, len(tokens))) if 2 <= n <= len(tokens)})
     s = _State(llm, [], 0, (), (), None)
-    llm.load_state(state)
-    single = []
-    for t in tokens[: max(sizes, default=0)]:
-        s._decode([t], 1)
-        single.append(np.array(_logits(llm, -1, n_vocab)))
     rows = 1
     try:
+        llm.load_state(state)
+        single = []
+        for t in tokens[: sizes[-1]]:
+            s._decode([t], 1)
+            single.append(np.array(_logits(llm, -1, n_vocab)))
         for n in sizes:
             llm.load_state(state)
             s._decode(list(tokens[:n]), n)
