@@ -117,7 +117,7 @@ def write_adapter(
     if len(ranks) != 1:
         raise TrainingError(f"the adapter's pairs have different ranks: {sorted(ranks)}")
     rank = ranks.pop()
-    if tensor_type == "q8_0" and any(a.shape[1] % Q8_BLOCK for a, _ in pairs.values()):
+    if tensor_type == "q8_0" and not _fits_q8(pairs):
         tensor_type = "f32"
     stored = -(-rank // Q8_BLOCK) * Q8_BLOCK if tensor_type == "q8_0" else rank
     b_scale = _b_scale(pairs) if tensor_type == "q8_0" else 1.0
@@ -147,6 +147,11 @@ def write_adapter(
     writer.write_tensors_to_file()
     writer.close()
     return tensor_type
+
+
+def _fits_q8(pairs: dict) -> bool:
+    """Whether every A's input width fills whole Q8_0 blocks (B's rank is padded)."""
+    return not any(a.shape[1] % Q8_BLOCK for a, _ in pairs.values())
 
 
 def _b_scale(pairs: dict) -> float:
@@ -218,12 +223,13 @@ def requantize(adapter: Path, arch: str, tensor_type: str = "q8_0") -> bool:
     import tempfile
 
     alpha, pairs = read_lora(adapter)
+    if tensor_type == "q8_0" and not _fits_q8(pairs):
+        return False  # it would be written at F32 again
     fd, name = tempfile.mkstemp(dir=adapter.parent, prefix=adapter.name + ".", suffix=".partial")
     os.close(fd)
     tmp = Path(name)
     try:
-        if write_adapter(pairs, arch, alpha, tmp, tensor_type) != tensor_type:
-            return False
+        write_adapter(pairs, arch, alpha, tmp, tensor_type)
         tmp.replace(adapter)
         return True
     finally:

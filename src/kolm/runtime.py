@@ -189,22 +189,19 @@ class Student:
         if rows >= room:
             return  # every batch checked matched
         self.max_rows = rows
+        differ = "llama.cpp's batched logits differ from one-token steps"
+        where = "for this model on this machine"
         if rows < 2:
-            self._drafting_off(
-                "llama.cpp's batched logits differ from one-token steps for this model on "
-                "this machine: the recipe pack is off (plain decoding)"
-            )
+            self._drafting_off(f"{differ} {where}: the recipe pack is off (plain decoding)")
         elif rows <= self.max_draft:
             self.max_draft = rows - 1
             self.draft_note = (
-                f"llama.cpp's batched logits differ from one-token steps in batches over "
-                f"{rows} tokens for this model on this machine: drafts are capped at "
+                f"{differ} in batches over {rows} tokens {where}: drafts are capped at "
                 f"{rows - 1} tokens"
             )
         else:
             self.draft_note = (
-                f"llama.cpp's batched logits differ from one-token steps in batches over "
-                f"{rows} tokens for this model on this machine: a batch that holds prompt "
+                f"{differ} in batches over {rows} tokens {where}: a batch that holds prompt "
                 "tokens holds a draft only up to that size"
             )
 
@@ -325,8 +322,6 @@ PROBE_CACHE = "draft-probe.json"
 """The file name callers give the probe cache, in kolm's cache folder."""
 PROBE_CACHE_ENTRIES = 256
 """Verdicts kept in the probe cache (the oldest are dropped)."""
-
-
 PROBE_CACHE_MAX_BYTES = 1 << 20
 """A probe cache file larger than this is ignored (and replaced)."""
 
