@@ -362,6 +362,28 @@ def test_tokenizer_type_is_what_mining_needs(tok):
 # -- constrained output ------------------------------------------------------------------
 
 
+def test_run_constrain_unset_is_on_for_label_sets_and_off_for_json(compiled, env, tmp_path):
+    """An answer that is not one of a closed label set is always wrong, so a label task
+    is constrained unless its spec says `run.constrain: false`; JSON stays opt-in."""
+    from kolm.compiler import constrained
+    from kolm.verifier import synthesize
+
+    labels = synthesize(["a", "b", "a"], labels=["a", "b"])
+    schema = synthesize(['{"x": 1}', '{"x": 2}'])
+    assert labels.kind == "label" and schema.kind == "json"
+    assert constrained(None, labels) and not constrained(None, schema)
+    assert not constrained(False, labels) and constrained(True, schema)
+    assert compiled["spec"].run.constrain is None  # the toy spec leaves it unset
+    config = open_artifact(compiled["out"]).read_json("config.json")
+    assert config["decoding"]["constrain"] is True  # and its labels are constrained
+    from kolm.spec import load_spec
+
+    from .toy import write_toy_task
+
+    off = load_spec(write_toy_task(tmp_path / "t", extra="run: {constrain: false}\n"))
+    assert off.run.constrain is False
+
+
 @pytest.mark.parametrize("kind", ["label", "json"])
 def test_grammar_constrained_outputs_always_pass_the_verifier(base, kind):
     from kolm.decompose.grammar import grammar_for

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 
 import pytest
@@ -122,6 +123,35 @@ def test_greedy_answers_of_a_sliding_window_model_equal_whole_prompts(monkeypatc
     shared = train.greedy_outputs(model, Tok(), prompts, 10, batch=4)
     monkeypatch.setattr(train, "MIN_SHARED_PREFIX", 10**9)  # whole prompts
     assert train.greedy_outputs(model, Tok(), prompts, 10, batch=4) == shared
+
+
+def test_long_rows_are_not_packed():
+    """Packing pays where the shared instruction dominates; for long rows one packed
+    sequence's attention would cost more than the rows' own, so they stay batched."""
+    import torch
+
+    from kolm.train import computed_positions, loss_path
+
+    class Model:
+        def get_base_model(self):
+            return self
+
+        config = type("C", (), {"model_type": "llama"})()
+
+    def batch(own: int, prefix: int = 62, rows: int = 8):
+        ids = torch.cat(
+            [torch.arange(prefix).repeat(rows, 1), torch.randint(100, 999, (rows, own))], 1
+        )
+        labels = ids.clone()
+        labels[:, : prefix + own - 4] = -100
+        return ids, torch.ones_like(ids), labels
+
+    assert loss_path(Model(), *batch(30)) == ("packed", 62)  # the shipped tickets' shape
+    assert loss_path(Model(), *batch(12, prefix=673)) == ("packed", 673)  # 150 intents
+    ids, mask, labels = batch(240)
+    assert loss_path(Model(), ids, mask, labels) == ("prefix", 62)
+    assert computed_positions("prefix", 62, mask) == (62 + 8 * 240, 0)
+    assert computed_positions("packed", 62, mask) == (62 + 8 * 240, 0)
 
 
 def test_common_prefix_leaves_every_prompt_a_token_of_its_own():
@@ -454,19 +484,28 @@ def test_the_shared_prefix_loss_holds_for_gemma3_with_sliding_window_layers():
 
 def _assert_same_loss_and_gradients(model, params, ids, mask, labels) -> None:
     """`answer_loss` (output layer at answer positions, shared prefix run once) equals the
-    model's own loss, and so do the gradients it gives the adapter."""
+    model's own loss, and so do the gradients it gives the adapter, on both of its shared-
+    prefix paths: the batch packed into one sequence (the default) and, for a batch that
+    would pack longer than `PACK_MAX_TOKENS`, the prefix's cache copied into every row."""
+    import kolm.train as train
     from kolm.train import _full_loss, answer_loss
 
+    path, start = train.loss_path(model, ids, mask, labels)
+    assert path == "packed"  # the default packs this batch
+    assert train.packed_length(mask, start) < mask.sum()  # and computes fewer tokens
+
+    assert train.loss_path(model, ids, mask, labels, pack=False) == ("prefix", start)
     found = []
-    for fn in (_full_loss, answer_loss):
+    for fn in (_full_loss, answer_loss, functools.partial(answer_loss, pack=False)):
         loss = fn(model, ids, mask, labels)
         loss.backward()
         found.append((loss.item(), [p.grad.clone() for p in params]))
         for p in params:
             p.grad = None
-    (full, g_full), (fast, g_fast) = found
-    assert abs(fast - full) < 1e-5
-    assert max((a - b).abs().max().item() for a, b in zip(g_full, g_fast, strict=True)) < 1e-4
+    (full, g_full), *others = found
+    for fast, g_fast in others:
+        assert abs(fast - full) < 1e-5
+        assert max((a - b).abs().max().item() for a, b in zip(g_full, g_fast, strict=True)) < 1e-4
 
 
 def _tiny_gemma3_with_lora(window: int):
@@ -488,3 +527,12 @@ def _tiny_gemma3_with_lora(window: int):
         if p.requires_grad:
             p.data.normal_(0, 0.05)
     return model
+
+
+def test_the_training_summary_names_threads_and_batch_size():
+    from kolm.report import train_speed
+
+    assert train_speed({"tokens_per_second": 550.4, "threads": 2, "batch_size": 8}) == (
+        "550 (2 threads, batch 8)"
+    )
+    assert train_speed({"tokens_per_second": 441.0, "threads": 2}) == "441 (2 threads)"  # older

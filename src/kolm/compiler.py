@@ -411,6 +411,7 @@ def _train_stage(p: Prepared, work: Path, progress: bool, log: Log) -> dict:
     torch_outputs = greedy_outputs(result.model, tok, prompts, max_new)
     info = {
         "steps": result.steps,
+        "batch_size": result.batch_size,
         "seconds": round(result.seconds, 2),
         "method": "sft",
         "tokens_per_second": round(result.tokens_per_second, 1),
@@ -555,8 +556,15 @@ def _decoding(p: Prepared, train_info: dict) -> Decoding:
         n_ctx=run.n_ctx,
         threads=run.threads,
         flash_attn=True,
-        constrain=run.constrain,
+        constrain=constrained(run.constrain, p.verifier),
     )
+
+
+def constrained(setting: bool | None, verifier: Verifier) -> bool:
+    """`run.constrain` resolved for this task: unset means on for a closed label set."""
+    if setting is not None:
+        return setting
+    return verifier.kind == "label" and bool(verifier.labels)
 
 
 def _recipes_stage(p: Prepared, log: Log):

@@ -237,7 +237,10 @@ def _train_rows(t: dict) -> list[list[str]]:
     rows = [["training method", t.get("method", "sft")]]
     if "tokens_per_second" in t:
         rows.append(
-            ["SFT tokens/s", f"{t['tokens_per_second']:.0f} ({t.get('threads', '?')} threads)"]
+            [
+                "SFT tokens/s",
+                train_speed(t),
+            ]
         )
     pref = t.get("preference")
     if pref:
@@ -377,3 +380,9 @@ def _markdown(m: dict, sections) -> str:
         "",
     ]
     return "\n".join(out)
+
+
+def train_speed(t: dict) -> str:
+    """Training tokens/s with threads and batch size (older manifests lack the batch)."""
+    batch = f", batch {t['batch_size']}" if t.get("batch_size") else ""
+    return f"{t['tokens_per_second']:.0f} ({t.get('threads', '?')} threads{batch})"

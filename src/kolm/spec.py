@@ -106,9 +106,12 @@ class RunConfig:
     """llama.cpp context size."""
     threads: int = 0
     """llama.cpp threads; 0 uses the default (every core but one; `runtime.default_threads`)."""
-    constrain: bool = False
+    constrain: bool | None = None
     """Constrain outputs with a llama.cpp grammar from the verifier (its closed label
-    set or JSON Schema), so the student can emit only outputs of that shape."""
+    set or JSON Schema), so the student can emit only outputs of that shape. Unset: on
+    for a closed label set (an answer that is not a label is always wrong), off for
+    JSON (a grammar there costs time at each step and cannot save an answer cut by
+    `max_tokens`); `true` or `false` decides for either."""
 
     def check(self) -> list[str]:
         problems = []

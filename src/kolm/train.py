@@ -56,6 +56,8 @@ class TrainResult:
     padded_share: float = 0.0
     """Share of the computed token positions that were padding."""
     threads: int = 0
+    batch_size: int = 0
+    """Examples per step."""
 
 
 def pick_device(setting: str) -> str:
@@ -169,11 +171,12 @@ def train_lora(
     start = _resume(checkpoint_dir, model, opt, sched)
     lengths = [len(x.ids) for x in data]
     batches = _bucketed_batches(lengths, cfg.batch_size, steps, cfg.seed)
-    losses, n_tokens, n_padded, t0 = [], 0, 0, time.perf_counter()
+    losses, n_tokens, n_computed, n_pads, t0 = [], 0, 0, 0, time.perf_counter()
     model.train()
     bar = _bar(steps, start, progress)
     for step in range(start, steps):
         ids, mask, labels = _collate([data[i] for i in batches[step]], tok.pad_token_id, device)
+        computed, pads = computed_positions(*loss_path(model, ids, mask, labels), mask)
         loss = answer_loss(model, ids, mask, labels)
         if not torch.isfinite(loss):
             raise TrainingError(
@@ -186,7 +189,8 @@ def train_lora(
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
         n_tokens += int(mask.sum())
-        n_padded += mask.numel()
+        n_computed += computed
+        n_pads += pads
         bar.update(1)
         bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
         emit("train", step=step + 1, steps=steps, loss=round(losses[-1], 4))
@@ -205,8 +209,9 @@ def train_lora(
         device,
         truncated,
         start,
-        padded_share=1 - n_tokens / max(n_padded, 1),
+        padded_share=n_pads / max(n_computed, 1),
         threads=torch.get_num_threads(),
+        batch_size=cfg.batch_size,
     )
 
 
@@ -280,28 +285,60 @@ SHARED_PREFIX_ARCHS = {"llama", "gemma3_text"}
 MIN_SHARED_PREFIX = 8
 
 
-def answer_loss(model, ids, mask, labels):
+def answer_loss(model, ids, mask, labels, pack: bool = True):
     """Mean next-token loss over the answer tokens; the same value and gradients as the
     model's own loss, computed with less work.
 
     The output layer runs only where a label is, not at every prompt position. When the
     rows of a batch open with the same tokens (the instruction every prompt starts with),
-    that prefix runs once, not once per row, and its keys/values are shared by the rows."""
+    that prefix runs once, not once per row: the batch is packed into one sequence (the
+    prefix, then each row's own tokens, no padding) or, when that sequence would be
+    longer than `PACK_MAX_TOKENS`, the prefix's keys/values are copied into every row
+    (`pack=False` always takes that path)."""
     import torch.nn.functional as F
 
     inner = model.get_base_model()
-    if getattr(inner.config, "final_logit_softcapping", None):
+    path, start = loss_path(model, ids, mask, labels, pack)
+    if path == "full":
         return _full_loss(model, ids, mask, labels)
+    if path == "packed":
+        return _packed_loss(inner, ids, mask, labels, start)
     target = labels[:, 1:]
     keep = target != -100
-    start = shared_prefix(ids, labels) if inner.config.model_type in SHARED_PREFIX_ARCHS else 0
-    if start >= MIN_SHARED_PREFIX:
+    if path == "prefix":
         hidden = _hidden_after_prefix(inner.model, ids, mask, start)
     else:
-        start, hidden = 0, inner.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        hidden = inner.model(input_ids=ids, attention_mask=mask).last_hidden_state
     keep = keep[:, start:]
     logits = inner.lm_head(hidden[:, :-1][keep])
     return F.cross_entropy(logits.float(), target[:, start:][keep])
+
+
+def loss_path(model, ids, mask, labels, pack: bool = True) -> tuple[str, int]:
+    """How `answer_loss` computes a batch, and the shared prefix it runs once:
+    `packed`, `prefix` (batched, the prefix's cache copied into every row), `rows` (plain
+    batch, output layer at answer positions only) or `full` (the model's own loss)."""
+    inner = model.get_base_model()
+    if getattr(inner.config, "final_logit_softcapping", None):
+        return "full", 0
+    start = shared_prefix(ids, labels) if inner.config.model_type in SHARED_PREFIX_ARCHS else 0
+    if start < MIN_SHARED_PREFIX:
+        return "rows", 0
+    packed, (rows, width) = packed_length(mask, start), mask.shape
+    if pack and packed <= PACK_MAX_TOKENS and packed * packed <= PACK_AREA * rows * width * width:
+        return "packed", start
+    return "prefix", start
+
+
+def computed_positions(path: str, start: int, mask) -> tuple[int, int]:
+    """(positions the model computes for a batch, how many of them are padding)."""
+    rows, width = mask.shape
+    real = int(mask.sum())
+    if path == "packed":
+        return packed_length(mask, start), 0
+    if path == "prefix":
+        return start + rows * (width - start), rows * width - real
+    return rows * width, rows * width - real
 
 
 def shared_prefix(ids, labels) -> int:
@@ -310,6 +347,62 @@ def shared_prefix(ids, labels) -> int:
     same = (ids == ids[:1]).all(dim=0).long().cumprod(dim=0).sum().item()
     first_label = (labels != -100).long().argmax(dim=1).min().item()
     return int(min(same, first_label - 1))
+
+
+PACK_MAX_TOKENS = 2048
+"""Longest packed sequence `answer_loss` builds; a batch that would pack longer takes
+the batched shared-prefix path (its attention is quadratic in the packed length)."""
+PACK_AREA = 2
+"""A batch is packed only while the packed attention (packed length squared) is at most
+this many times the batched one (rows × width squared): packing pays where a long
+shared instruction dominates (short rows), not for long rows, where one long
+sequence's attention costs more than the rows' own (8 rows of 240 tokens after a
+62-token instruction, one forward + backward on 2 threads: 18–21 s packed, 14–15 s
+batched; rows of 100 tokens: even)."""
+
+
+def packed_length(mask, start: int) -> int:
+    """Tokens in the packed sequence: the shared prefix once, then every row's own tokens."""
+    return int(start + (mask.sum(dim=1) - start).clamp(min=0).sum().item())
+
+
+def _packed_loss(inner, ids, mask, labels, start: int):
+    """The answer loss with the batch packed into one sequence: the shared prefix once,
+    then each row's own tokens (no padding). A row's tokens see the prefix and their own
+    row, causally, at the positions they hold in the unpacked batch; a sliding-window
+    layer's window counts those positions. The same values and gradients as the batched
+    forward pass, without copying the prefix's keys/values into every row."""
+    import torch
+    import torch.nn.functional as F
+
+    lengths = mask.sum(dim=1).tolist()
+    pieces, positions, owners, picks, targets = [ids[0, :start]], [], [], [], []
+    positions.append(torch.arange(start))
+    owners.append(torch.full((start,), -1))
+    offset = start
+    for row, n in enumerate(lengths):
+        pieces.append(ids[row, start:n])
+        positions.append(torch.arange(start, n))
+        owners.append(torch.full((n - start,), row))
+        nxt = labels[row, start + 1 : n]  # what positions start..n-2 predict
+        at = (nxt != -100).nonzero().flatten()
+        picks.append(offset + at)
+        targets.append(nxt[at])
+        offset += n - start
+    device = ids.device
+    seq = torch.cat(pieces)[None]
+    pos = torch.cat(positions).to(device)
+    owner = torch.cat(owners).to(device)
+    causal = pos[:, None] >= pos[None, :]
+    visible = causal & ((owner[:, None] == owner[None, :]) | (owner[None, :] == -1))
+    attention = visible[None, None]
+    window = getattr(inner.config, "sliding_window", None)
+    if window and "sliding_attention" in (getattr(inner.config, "layer_types", None) or ()):
+        near = pos[None, :] > pos[:, None] - window
+        attention = {"full_attention": attention, "sliding_attention": (visible & near)[None, None]}
+    hidden = inner.model(input_ids=seq, attention_mask=attention, position_ids=pos[None])
+    logits = inner.lm_head(hidden.last_hidden_state[0, torch.cat(picks).to(device)])
+    return F.cross_entropy(logits.float(), torch.cat(targets))
 
 
 def _hidden_after_prefix(body, ids, mask, start: int):

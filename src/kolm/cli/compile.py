@@ -321,10 +321,15 @@ def _corpus_rows(r: dict | None) -> list[tuple[str, str]]:
 
 def _train_rows(t: dict) -> list[tuple[str, str]]:
     """Training throughput, and the preference stage when there was one."""
+    from kolm.report import train_speed
+
     rows = []
     if "tokens_per_second" in t:
         rows.append(
-            ("train tokens/s", f"{t['tokens_per_second']:.0f} ({t.get('threads', '?')} threads)")
+            (
+                "train tokens/s",
+                train_speed(t),
+            )
         )
     pref = t.get("preference")
     if pref:
