@@ -236,12 +236,7 @@ def _train_rows(t: dict) -> list[list[str]]:
     """How the student was trained: method, throughput, the preference stage's settings."""
     rows = [["training method", t.get("method", "sft")]]
     if "tokens_per_second" in t:
-        rows.append(
-            [
-                "SFT tokens/s",
-                train_speed(t),
-            ]
-        )
+        rows.append(["SFT tokens/s", train_speed(t)])
     pref = t.get("preference")
     if pref:
         keys = (

@@ -376,10 +376,8 @@ def _packed_loss(inner, ids, mask, labels, start: int):
     import torch.nn.functional as F
 
     lengths = mask.sum(dim=1).tolist()
-    pieces, positions, owners, picks, targets = [ids[0, :start]], [], [], [], []
-    positions.append(torch.arange(start))
-    owners.append(torch.full((start,), -1))
-    offset = start
+    pieces, positions, owners = [ids[0, :start]], [torch.arange(start)], [torch.full((start,), -1)]
+    picks, targets, offset = [], [], start
     for row, n in enumerate(lengths):
         pieces.append(ids[row, start:n])
         positions.append(torch.arange(start, n))

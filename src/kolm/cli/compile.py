@@ -325,12 +325,7 @@ def _train_rows(t: dict) -> list[tuple[str, str]]:
 
     rows = []
     if "tokens_per_second" in t:
-        rows.append(
-            (
-                "train tokens/s",
-                train_speed(t),
-            )
-        )
+        rows.append(("train tokens/s", train_speed(t)))
     pref = t.get("preference")
     if pref:
         done = pref.get("skipped") or f"{pref['steps']} steps on {pref['pairs']} pairs"
