@@ -176,8 +176,9 @@ def train_lora(
     bar = _bar(steps, start, progress)
     for step in range(start, steps):
         ids, mask, labels = _collate([data[i] for i in batches[step]], tok.pad_token_id, device)
-        computed, pads = computed_positions(*loss_path(model, ids, mask, labels), mask)
-        loss = answer_loss(model, ids, mask, labels)
+        path = loss_path(model, ids, mask, labels)
+        computed, pads = computed_positions(*path, mask)
+        loss = answer_loss(model, ids, mask, labels, path=path)
         if not torch.isfinite(loss):
             raise TrainingError(
                 f"loss became {loss.item()} at step {step + 1}", hint="lower train.learning_rate"
@@ -285,7 +286,7 @@ SHARED_PREFIX_ARCHS = {"llama", "gemma3_text"}
 MIN_SHARED_PREFIX = 8
 
 
-def answer_loss(model, ids, mask, labels, pack: bool = True):
+def answer_loss(model, ids, mask, labels, pack: bool = True, path: tuple[str, int] | None = None):
     """Mean next-token loss over the answer tokens; the same value and gradients as the
     model's own loss, computed with less work.
 
@@ -294,11 +295,12 @@ def answer_loss(model, ids, mask, labels, pack: bool = True):
     that prefix runs once, not once per row: the batch is packed into one sequence (the
     prefix, then each row's own tokens, no padding) or, when that sequence would be
     longer than `PACK_MAX_TOKENS`, the prefix's keys/values are copied into every row
-    (`pack=False` always takes that path)."""
+    (`pack=False` always takes that path). `path` is `loss_path`'s answer when the
+    caller already has it."""
     import torch.nn.functional as F
 
     inner = model.get_base_model()
-    path, start = loss_path(model, ids, mask, labels, pack)
+    path, start = path or loss_path(model, ids, mask, labels, pack)
     if path == "full":
         return _full_loss(model, ids, mask, labels)
     if path == "packed":
