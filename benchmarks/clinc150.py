@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/clinc150.py --steps 0 --epochs 3 --batch-size 8 --free-only
     .venv/bin/python benchmarks/clinc150.py --per-intent 10 --heldout 4 --steps 190
     .venv/bin/python benchmarks/clinc150.py --intents 30 --steps 38 --base auto --beat-floor --free-only
+    .venv/bin/python benchmarks/clinc150.py --steps 0 --work c150-b8 --decoding grammar --methods dpo,orpo,kto,simpo
 
 Builds a task from the CLINC150 `train` split (Larson et al., EMNLP 2019; CC BY 3.0;
 read in place from shared/data/clinc150): `--per-intent` training rows and `--heldout`
@@ -11,7 +12,9 @@ and compiles it twice with kolm (SFT once; the second compile reuses the trainin
 cache): free decoding, then `run.constrain: true` (a llama.cpp grammar over the label
 set). Prints held-out accuracy, the TF-IDF floor on the same split, the label
 validity rate (share of answers that are one of the 150 labels), training steps,
-seconds and peak RSS for each. `--steps 0` trains `--epochs` passes instead (the
+seconds and peak RSS for each. `--methods` compiles once per `train.method` in the same
+work folder, so the SFT stage is trained once and each preference stage continues it
+(and the untrained base is scored once). `--steps 0` trains `--epochs` passes instead (the
 first line: kolm's defaults, ~53 minutes on 2 cores, ~45 of them training). The
 instruction alone is ~670 tokens (run once per batch in training and in the PyTorch
 check, but every step still carries it), and each compile also scores the
@@ -84,16 +87,22 @@ def build_task(
     return folder / "kolm.yaml"
 
 
-def compile_once(spec_path: Path, out: Path, constrain: bool) -> dict:
+def compile_once(spec_path: Path, out: Path, constrain: bool, method: str = "sft") -> dict:
     from kolm.compiler import compile_task
     from kolm.spec import load_spec
 
     spec = load_spec(spec_path)
-    spec = dataclasses.replace(spec, run=dataclasses.replace(spec.run, constrain=constrain))
+    spec = dataclasses.replace(
+        spec,
+        run=dataclasses.replace(spec.run, constrain=constrain),
+        train=dataclasses.replace(spec.train, method=method),
+    )
     t = time.perf_counter()
     result = compile_task(spec, out, progress=True, force=True)
     m = result.manifest["metrics"]
+    pref = m["train"].get("preference", {})
     return {
+        "method": method,
         "base": result.manifest["base"]["name"],
         "ladder": result.manifest.get("ladder"),
         "constrain": constrain,
@@ -105,6 +114,10 @@ def compile_once(spec_path: Path, out: Path, constrain: bool) -> dict:
         "train_steps": m["train"]["steps"],
         "train_seconds": m["train"]["seconds"],
         "train_tokens_per_s": m["train"]["tokens_per_second"],
+        "pairs": pref.get("pairs_by_source"),
+        "pref_steps": pref.get("steps"),
+        "pref_seconds": pref.get("seconds"),
+        "agreement": m["llamacpp_torch_agreement"],
         "peak_rss_gb": round(_peak_rss_gb(), 2),
         "seconds": round(time.perf_counter() - t, 1),
     }
@@ -135,7 +148,11 @@ def main() -> None:
     ap.add_argument(
         "--beat-floor", action="store_true", help="gate.beat_floor: with --base auto, climb"
     )
-    ap.add_argument("--free-only", action="store_true", help="skip the constrained compile")
+    ap.add_argument("--free-only", action="store_true", help="--decoding free")
+    ap.add_argument(
+        "--decoding", default="free,grammar", help="free, grammar (run.constrain) or both"
+    )
+    ap.add_argument("--methods", default="sft", help="train.method values, comma-separated")
     args = ap.parse_args()
     if args.data is None or not args.data.is_file():
         sys.exit("clinc150 data_full.json not found; pass --data PATH")
@@ -151,9 +168,19 @@ def main() -> None:
         args.batch_size,
         args.epochs,
     )
-    for constrain in (False,) if args.free_only else (False, True):
-        row = compile_once(spec, args.work / f"clinc150-{constrain}.kolm", constrain)
-        print(json.dumps(row), flush=True)
+    decodings = ["free"] if args.free_only else args.decoding.split(",")
+    if not set(decodings) <= {"free", "grammar"}:
+        sys.exit(f"--decoding takes free and/or grammar, not {args.decoding!r}")
+    for method in args.methods.split(","):
+        for decoding in decodings:
+            constrain = decoding == "grammar"
+            name = (
+                f"clinc150-{constrain}.kolm"
+                if method == "sft"
+                else f"clinc150-{method}-{decoding}.kolm"
+            )
+            row = compile_once(spec, args.work / name, constrain, method)
+            print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

@@ -177,10 +177,13 @@ def test_tampered_adapter_is_refused_by_run(compiled, env, tmp_path):
 def test_recompile_reuses_the_trained_adapter(compiled, env):
     out = compiled["root"] / "again.kolm"
     t0 = time.perf_counter()
-    result = compile_task(
-        compiled["spec"], out, progress=False, log=lambda m: None, embed_base=False
-    )
+    lines: list[str] = []
+    result = compile_task(compiled["spec"], out, progress=False, log=lines.append, embed_base=False)
     assert result.cached_training
+    # The untrained base's held-out answers are reused too, with the same figures.
+    assert any("the untrained base's answers are cached" in x for x in lines), lines
+    first = compiled["result"].manifest["metrics"]["base"]
+    assert result.manifest["metrics"]["base"] == first
     assert time.perf_counter() - t0 < compiled["seconds"] / 2
     with zipfile.ZipFile(out) as z:
         assert "base.gguf" not in z.namelist()

@@ -310,7 +310,8 @@ def compile_task(
 
     t = time.perf_counter()
     decoding = _decoding(p, train_info)
-    ev = _evaluate_stage(p, adapter, decoding, pack, progress, log)
+    base_cache = _base_cache(p, work_dir_for(spec, work_dir), base_sha, decoding)
+    ev = _evaluate_stage(p, adapter, decoding, pack, progress, log, base_cache=base_cache)
     ev, precision, merged = _precision_stage(p, work, adapter, decoding, pack, ev, progress, log)
     teacher = _teacher_baseline(p, cache_path, progress, log)
     metrics = _metrics(p, ev, teacher, train_info)
@@ -612,20 +613,27 @@ def _evaluate_stage(
     progress: bool,
     log: Log,
     merged: Path | None = None,
+    base_cache: Path | None = None,
 ) -> dict:
     """Student (with its recipe pack) and untrained base through llama.cpp on the held-out inputs.
 
     With `merged` (a merged build), the student is that model without an adapter,
-    and the base is not run again."""
+    and the base is not run again. The base's answers are read from `base_cache` when
+    a compile of the same held-out set, base and decoding wrote them there."""
     inputs = [e.input for e in p.heldout]
     gold = [e.output for e in p.heldout]
     runs = [("student", merged or p.base.gguf, adapter)]
-    if merged is None:
+    scores = {}
+    if merged is None and base_cache is not None and base_cache.is_file():
+        log(
+            "kolm: evaluating the student on the held-out set (llama.cpp); the untrained base's answers are cached"
+        )
+        scores["base"] = _load_scored(base_cache)
+    elif merged is None:
         log("kolm: evaluating student and untrained base on the held-out set (llama.cpp)")
         runs.append(("base", p.base.gguf, None))
     else:
         log(f"kolm: evaluating the merged {merged.name} on the held-out set (llama.cpp)")
-    scores = {}
     for name, model_path, adapter_path in runs:
         model = Student(
             model_path,
@@ -645,6 +653,10 @@ def _evaluate_stage(
             scores[name] = run_and_score(answer, inputs, gold, desc=name, progress=progress)
         finally:
             model.close()
+        if name == "base" and base_cache is not None:
+            tmp = base_cache.with_suffix(".partial")
+            tmp.write_text(json.dumps(dataclasses.asdict(scores[name])))
+            tmp.replace(base_cache)
     student = scores["student"]
     checks = [p.verifier.check(o) for o in student.outputs]
     rows = [
@@ -664,6 +676,38 @@ def _evaluate_stage(
         "latencies_s": list(student.latencies_s),
         "drafted_shares": list(student.drafted_shares),
     }
+
+
+def _base_cache(p: Prepared, root: Path, base_sha: str, decoding: Decoding) -> Path:
+    """Where the untrained base's held-out answers are kept: keyed by what they depend on
+    (not the training, the method or the grammar, which only the student gets), so a
+    recompile that changes those does not run the base again."""
+    inputs = [e.input for e in p.heldout]
+    payload = {
+        "kolm": __version__,
+        "prompt": PROMPT_VERSION,
+        "base": base_sha,
+        "format": p.fmt.to_dict(),
+        "instruction": p.spec.description,
+        "heldout": [e.to_dict() for e in p.heldout],
+        "decoding": {
+            k: v for k, v in decoding.to_dict().items() if k not in ("threads", "constrain")
+        },
+        "contexts": p.contexts(inputs) if p.grounder is not None else None,
+        "llama_cpp": llama_cpp_version(),
+    }
+    key = hashlib.sha256(canonical_json(payload)).hexdigest()[:16]
+    root.mkdir(parents=True, exist_ok=True)
+    return root / f"base-answers-{key}.json"
+
+
+def _load_scored(path: Path):
+    from kolm.evaluate import Scored
+
+    d = _load_json(path)
+    d["latencies_s"] = tuple(d["latencies_s"])
+    d["drafted_shares"] = tuple(d["drafted_shares"])
+    return Scored(**d)
 
 
 def _precision_stage(
