@@ -49,6 +49,7 @@ def build_task(
     beat_floor: bool = False,
     batch_size: int = 8,
     epochs: float = 3.0,
+    learning_rate: float | None = None,
 ) -> Path:
     data = json.loads(data_path.read_text())
     by_label: dict[str, list[str]] = {}
@@ -79,6 +80,7 @@ def build_task(
         "train": {
             **({"steps": steps} if steps else {"epochs": epochs}),
             "batch_size": batch_size,
+            **({"learning_rate": learning_rate} if learning_rate else {}),
             "max_seq_len": 1400,
         },
         "run": {"n_ctx": 2048},
@@ -142,6 +144,7 @@ def main() -> None:
     )
     ap.add_argument("--epochs", type=float, default=3.0, help="passes over the rows when --steps 0")
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--learning-rate", type=float, help="train.learning_rate (default: kolm's)")
     ap.add_argument("--work", type=Path, default=Path("clinc150-task"))
     ap.add_argument("--intents", type=int, default=150, help="a seeded sample of the intents")
     ap.add_argument("--base", default="smollm2-135m-instruct", help="a base name, or auto")
@@ -167,6 +170,7 @@ def main() -> None:
         args.beat_floor,
         args.batch_size,
         args.epochs,
+        args.learning_rate,
     )
     decodings = ["free"] if args.free_only else args.decoding.split(",")
     if not set(decodings) <= {"free", "grammar"}:

@@ -47,6 +47,21 @@ def test_floor_learns_a_keyword_task_and_scores_like_the_student_metrics():
         "heldout_examples",
         "seconds",
     }
+    assert f.correct == (True,) * 18
+
+
+def test_floor_against_the_student_counts_the_rows_only_one_gets_right():
+    train = synthetic(12, seed=1)
+    held = [(x, "login" if y == "billing" else y) for x, y in synthetic(4, seed=3)]
+    f = label_floor(train, held, sorted(WORDS))  # wrong on the 4 relabeled rows
+    student = [True] * 12
+    student[0] = student[1] = False
+    cmp = f.against(student)
+    wrong = [i for i, ok in enumerate(f.correct) if not ok]
+    assert len(wrong) == 4
+    assert cmp["only_student"] == len(set(wrong) - {0, 1})
+    assert cmp["only_floor"] == len({0, 1} - set(wrong))
+    assert 0 < cmp["p_value"] <= 1
 
 
 def test_floor_scores_wrong_predictions_as_wrong():
@@ -67,6 +82,15 @@ def test_floor_verdict_flags_a_student_below_the_floor():
     assert below.startswith("75.0% (macro-F1 74.3%)") and "BELOW the floor by 5.0 points" in below
     above = floor_verdict({"student": {"accuracy": 0.766}, "floor": floor})
     assert "above the floor by 1.6 points" in above and "BELOW" not in above
+    assert "p =" not in above  # a manifest from before the row-by-row comparison
+    paired = {**floor, "only_student": 10, "only_floor": 9, "p_value": 1.0}
+    line = floor_verdict({"student": {"accuracy": 0.766}, "floor": paired})
+    assert "(10 rows only the student gets right, 9 only the floor; p = 1.00," in line
+    assert "cannot tell from chance" in line
+    sure = {**floor, "only_student": 12, "only_floor": 1, "p_value": 0.0034}
+    assert "p = 0.00, unlikely to be chance" in floor_verdict(
+        {"student": {"accuracy": 0.9}, "floor": sure}
+    )
     assert floor_verdict({"student": {"accuracy": 0.9}}) is None
 
 
@@ -143,6 +167,7 @@ def test_inspect_and_reports_show_the_floor_without_importing_sklearn(tmp_path, 
 
     html = write_reports(out, manifest, {"heldout": [], "latencies_s": []}).read_text()
     md = out.with_name("t.report.md").read_text()
+    assert "- Student, held-out: 50.0%\n" in md  # a manifest without the interval
     for text in (html, md):
         assert "BELOW the floor by 30.0 points" in text
         assert "floor: TF-IDF + logistic regression" in text and "weighted harmonic mean" in text
@@ -168,6 +193,7 @@ def test_compile_summary_flags_a_student_below_the_floor(tmp_path, capsys):
         r"TF-IDF floor +80\.0% \(macro-F1 79\.0%\); the student's 50\.0% is BELOW", out
     )
     assert re.search(r"K-score +0\.667 \(A=0\.50 S=1\.00 L=1\.00 C=1\.00 V=1\.00\) gate 0\.70", out)
+    assert re.search(r"student accuracy +50\.0%\n", out)  # an older manifest: no interval
 
 
 def test_floor_on_the_shipped_example_split_is_the_recorded_figure():
@@ -183,7 +209,40 @@ def test_floor_on_the_shipped_example_split_is_the_recorded_figure():
     v = synthesize([e.output for e in examples])
     p = SimpleNamespace(train=train, heldout=held, verifier=v, labels=list(v.labels))
     lines = []
-    f = _floor(p, lines.append)
+    f = _floor(p, lines.append, [True] * 64)
     assert (f["train_examples"], f["heldout_examples"]) == (259, 64)
     assert f["accuracy"] == 0.75 and f["macro_f1"] == 0.7434
+    assert (f["only_student"], f["only_floor"]) == (16, 0)  # a student right on every row
     assert lines == ["kolm: TF-IDF + logistic regression floor on the same split"]
+
+
+def test_the_accuracy_interval_bounds_solve_the_wilson_equation():
+    """Each Wilson bound p solves (p̂ - p)² = z² p (1 - p) / n, and the interval holds p̂."""
+    from kolm.evaluate import wilson_interval
+
+    z = 1.96
+    for k, n in ((49, 64), (1, 20), (600, 600), (0, 12), (551, 600)):
+        lo, hi = wilson_interval(k, n)
+        p = k / n
+        assert lo <= p <= hi
+        for bound in (lo, hi):
+            if 0 < bound < 1:
+                assert abs((p - bound) ** 2 - z * z * bound * (1 - bound) / n) < 1e-12
+    assert wilson_interval(0, 12)[0] == 0.0 and wilson_interval(600, 600)[1] == 1.0
+    from scipy.stats import binomtest  # scipy's z is 1.95996…, kolm's 1.96
+
+    for k, n in ((49, 64), (1, 20), (551, 600)):  # 49/64: the shipped example's 76.6%
+        ref = binomtest(k, n).proportion_ci(method="wilson")
+        got = wilson_interval(k, n)
+        assert abs(got[0] - ref.low) < 1e-4 and abs(got[1] - ref.high) < 1e-4
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_the_paired_p_value_is_the_exact_two_sided_binomial_test():
+    from scipy.stats import binomtest
+
+    from kolm.evaluate import paired_p_value
+
+    for a, b in ((10, 9), (5, 0), (0, 5), (12, 1), (30, 14), (3, 3)):
+        assert abs(paired_p_value(a, b) - binomtest(a, a + b, 0.5).pvalue) < 1e-12
+    assert paired_p_value(0, 0) == 1.0

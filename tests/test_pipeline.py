@@ -125,6 +125,11 @@ def test_a_large_held_out_set_is_checked_against_pytorch_on_a_sample(compiled, m
     assert f"(on 3 of {n} held-out)" in report
     shown = CliRunner().invoke(cli, ["inspect", str(result.artifact)])
     assert shown.exit_code == 0 and f"(on 3 of {n} held-out)" in shown.output, shown.output
+    # The student's accuracy with its count and 95% interval, in inspect and the report.
+    s = m["student"]
+    lo, hi = s["accuracy_ci95"]
+    interval = f"{s['accuracy']:.1%} ({s['correct']}/{n}; 95% interval {lo:.1%}–{hi:.1%})"
+    assert interval in shown.output and f"- Student, held-out: {interval}" in report
 
 
 def test_cli_verify_inspect_and_run(compiled, env):
@@ -240,6 +245,15 @@ def test_compile_summary_shows_the_floor_and_the_formula(compiled, capsys):
     _print_compile_summary(compiled["result"])
     out = capsys.readouterr().out
     assert re.search(r"TF-IDF floor +\d+\.\d% \(macro-F1 \d+\.\d%\); the student's", out)
+    assert re.search(r"rows only the student gets right, \d+ only the floor; p = \d\.\d\d", out)
+    student = compiled["result"].manifest["metrics"]["student"]
+    lo, hi = student["accuracy_ci95"]
+    assert (
+        lo <= student["accuracy"] <= hi
+        and student["n"] == compiled["result"].manifest["metrics"]["heldout_examples"]
+    )
+    shown = f"{student['accuracy']:.1%} ({student['correct']}/{student['n']}; 95% interval "
+    assert re.search(r"student accuracy +" + re.escape(shown) + r"\d+\.\d%–\d+\.\d%\)", out)
     assert re.search(r"K-score +\d\.\d{3} \(A=.*; weighted harmonic mean", out)
 
 

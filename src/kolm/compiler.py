@@ -30,7 +30,7 @@ from kolm.artifact import (
 from kolm.basemodel import ResolvedBase, resolve
 from kolm.data import Example, load_examples, load_inputs, split_heldout, write_jsonl
 from kolm.errors import GateError, SpecError, TrainingError
-from kolm.evaluate import agreement, run_and_score, task_metrics
+from kolm.evaluate import agreement, run_and_score, task_metrics, wilson_interval
 from kolm.keys import KeyStore
 from kolm.kscore import KInputs, gate, kscore
 from kolm.prompt import PromptFormat, format_from_gguf
@@ -316,7 +316,7 @@ def compile_task(
     teacher = _teacher_baseline(p, cache_path, progress, log)
     metrics = _metrics(p, ev, teacher, train_info)
     if p.output_kind == "label":
-        metrics["floor"] = _floor(p, log)
+        metrics["floor"] = _floor(p, log, [r["correct"] for r in ev["rows"]])
     timings["evaluate"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -865,6 +865,9 @@ def _metrics(p: Prepared, ev: dict, teacher: dict, train_info: dict) -> dict:
     s_metrics.update(
         latency_p50_s=round(student.latency_p50_s, 4), latency_p95_s=round(student.latency_p95_s, 4)
     )
+    right = sum(r["correct"] for r in ev["rows"])
+    s_metrics["correct"] = right
+    s_metrics["accuracy_ci95"] = [round(x, 4) for x in wilson_interval(right, len(ev["rows"]))]
     b_metrics = task_metrics(p.output_kind, base.outputs, gold, p.verifier)
     b_metrics.update(
         latency_p50_s=round(base.latency_p50_s, 4), latency_p95_s=round(base.latency_p95_s, 4)
@@ -891,14 +894,16 @@ def _metrics(p: Prepared, ev: dict, teacher: dict, train_info: dict) -> dict:
     }
 
 
-def _floor(p: Prepared, log: Log) -> dict:
-    """The classical baseline (kolm.floor) on the student's training rows and held-out split."""
+def _floor(p: Prepared, log: Log, student_correct: list[bool]) -> dict:
+    """The classical baseline (kolm.floor) on the student's training rows and held-out split,
+    compared row by row with the student."""
     from kolm.floor import label_floor
 
     log("kolm: TF-IDF + logistic regression floor on the same split")
     rows = [(e.input, p.verifier.check(e.output).normalized) for e in p.train + p.heldout]
     n = len(p.train)
-    return label_floor(rows[:n], rows[n:], p.labels).to_dict()
+    floor = label_floor(rows[:n], rows[n:], p.labels)
+    return floor.to_dict() | floor.against(student_correct)
 
 
 def _score(p: Prepared, metrics: dict, size: int, student_usd_per_call: float):

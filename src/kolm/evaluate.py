@@ -1,11 +1,13 @@
 """Evaluate: run a student over inputs and score its outputs against expected ones.
 
-Knows exact and normalized matching and latency percentiles. Does not know how a
-student is loaded or where the examples came from.
+Knows exact and normalized matching, latency percentiles, and how sure a held-out
+figure is (an interval for an accuracy, a paired test between two models scored on the
+same rows). Does not know how a student is loaded or where the examples came from.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import statistics
 from collections.abc import Callable, Sequence
@@ -55,6 +57,28 @@ def percentile(values: Sequence[float], q: float) -> float:
     if len(values) == 1:
         return float(values[0])
     return float(statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1])
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval for `correct` of `n` (95% at z = 1.96): where the
+    accuracy on unseen rows of the same kind plausibly lies, given this many scored."""
+    if n <= 0:
+        return (0.0, 1.0)
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def paired_p_value(only_a: int, only_b: int) -> float:
+    """Exact two-sided McNemar test: the chance of a split of the disagreeing rows at
+    least this lopsided if the two models were equally good on rows like these."""
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    k = min(only_a, only_b)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
 
 
 def run_and_score(

@@ -29,6 +29,22 @@ class Floor:
     train_examples: int
     heldout_examples: int
     seconds: float
+    correct: tuple[bool, ...] = ()
+    """Per held-out row, whether the floor got it right (for a paired comparison)."""
+
+    def against(self, student_correct: Sequence[bool]) -> dict:
+        """The rows only the student or only the floor gets right, and how likely a split
+        that lopsided is by chance (exact McNemar test; small p: a real difference)."""
+        from kolm.evaluate import paired_p_value
+
+        pairs = list(zip(student_correct, self.correct, strict=True))
+        only_student = sum(s and not f for s, f in pairs)
+        only_floor = sum(f and not s for s, f in pairs)
+        return {
+            "only_student": only_student,
+            "only_floor": only_floor,
+            "p_value": round(paired_p_value(only_student, only_floor), 4),
+        }
 
     def to_dict(self) -> dict:
         return {
@@ -81,4 +97,5 @@ def label_floor(
     n = len(gold) or 1
     accuracy = sum(g == y for g, y in zip(got, gold, strict=True)) / n
     macro = label_metrics(got, gold, labels)["macro_f1"]
-    return Floor(METHOD, accuracy, macro, len(train), len(gold), time.perf_counter() - t)
+    correct = tuple(g == y for g, y in zip(got, gold, strict=True))
+    return Floor(METHOD, accuracy, macro, len(train), len(gold), time.perf_counter() - t, correct)

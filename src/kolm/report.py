@@ -55,10 +55,25 @@ def floor_verdict(metrics: dict) -> str | None:
         where = "level with the floor"
     else:
         where = f"above the floor by {gap * 100:.1f} points"
-    return (
-        f"{floor['accuracy']:.1%} (macro-F1 {floor['macro_f1']:.1%}); "
-        f"the student's {student:.1%} is {where}"
-    )
+    line = f"{floor['accuracy']:.1%} (macro-F1 {floor['macro_f1']:.1%}); the student's {student:.1%} is {where}"
+    if "p_value" in floor:  # since 2026-12-05: the two compared row by row
+        a, b, pv = floor["only_student"], floor["only_floor"], floor["p_value"]
+        sure = (
+            "a difference this many rows cannot tell from chance"
+            if pv >= 0.05
+            else "unlikely to be chance"
+        )
+        line += f" ({a} rows only the student gets right, {b} only the floor; p = {pv:.2f}, {sure})"
+    return line
+
+
+def accuracy_line(student: dict) -> str:
+    """The student's accuracy with its count and 95% interval where the manifest has them."""
+    out = f"{student['accuracy']:.1%}"
+    if "accuracy_ci95" in student:
+        lo, hi = student["accuracy_ci95"]
+        out += f" ({student['correct']}/{student['n']}; 95% interval {lo:.1%}–{hi:.1%})"
+    return out
 
 
 def torch_agreement(met: dict) -> str:
@@ -325,6 +340,8 @@ def _html(m: dict, sections, plots) -> str:
     ]
     for reason in m["gate"]["reasons"]:
         out.append(f"<p><strong>Gate:</strong> {esc(reason)}</p>")
+    student = accuracy_line(m["metrics"]["student"])
+    out.append(f"<p id='heldout'><strong>Student, held-out:</strong> {esc(student)}</p>")
     floor = floor_verdict(m["metrics"])
     if floor:
         out.append(f"<p id='floor'><strong>Floor:</strong> {esc(floor)}</p>")
@@ -354,6 +371,7 @@ def _markdown(m: dict, sections) -> str:
         "",
     ]
     out += [f"- Gate: {r}" for r in m["gate"]["reasons"]]
+    out.append(f"- Student, held-out: {accuracy_line(m['metrics']['student'])}")
     floor = floor_verdict(m["metrics"])
     if floor:
         out.append(f"- Floor: {floor}")

@@ -28,6 +28,12 @@ def _floor_line(metrics: dict) -> str | None:
     return floor_verdict(metrics)
 
 
+def _accuracy_line(student: dict) -> str:
+    from kolm.report import accuracy_line
+
+    return accuracy_line(student)
+
+
 def _torch_agreement(metrics: dict) -> str:
     from kolm.report import torch_agreement
 

@@ -9,6 +9,7 @@ import click
 
 from kolm.cli.app import cli
 from kolm.cli.common import (
+    _accuracy_line,
     _adapter_rows,
     _floor_line,
     _k_line,
@@ -87,7 +88,9 @@ def inspect_cmd(artifact: Path, as_json: bool) -> None:
         rows += [
             (
                 "student accuracy",
-                f"{met['student']['accuracy']:.1%} on {met['heldout_examples']} held-out",
+                _accuracy_line(met["student"])
+                if "accuracy_ci95" in met["student"]
+                else f"{met['student']['accuracy']:.1%} on {met['heldout_examples']} held-out",
             ),
             ("untrained base accuracy", f"{met['base']['accuracy']:.1%}"),
             ("llama.cpp / PyTorch agreement", _torch_agreement(met)),
