@@ -189,6 +189,16 @@ def test_recompile_reuses_the_trained_adapter(compiled, env):
     assert any("the untrained base's answers are cached" in x for x in lines), lines
     first = compiled["result"].manifest["metrics"]["base"]
     assert result.manifest["metrics"]["base"] == first
+    # A cache file that does not read back is not trusted: the base is scored again.
+    (cache,) = (compiled["spec"].spec_path.parent / ".kolm-work").rglob("base-answers-*.json")
+    cache.write_text('{"outputs": ["tru')
+    lines.clear()
+    again = compile_task(
+        compiled["spec"], compiled["root"] / "again2.kolm", progress=False, log=lines.append
+    )
+    assert any("evaluating student and untrained base" in x for x in lines), lines
+    assert again.manifest["metrics"]["base"]["accuracy"] == first["accuracy"]
+    assert json.loads(cache.read_text())["outputs"]  # rewritten whole
     assert time.perf_counter() - t0 < compiled["seconds"] / 2
     with zipfile.ZipFile(out) as z:
         assert "base.gguf" not in z.namelist()

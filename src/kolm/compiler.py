@@ -624,11 +624,12 @@ def _evaluate_stage(
     gold = [e.output for e in p.heldout]
     runs = [("student", merged or p.base.gguf, adapter)]
     scores = {}
-    if merged is None and base_cache is not None and base_cache.is_file():
+    cached = _load_scored(base_cache, len(inputs)) if merged is None and base_cache else None
+    if cached is not None:
         log(
             "kolm: evaluating the student on the held-out set (llama.cpp); the untrained base's answers are cached"
         )
-        scores["base"] = _load_scored(base_cache)
+        scores["base"] = cached
     elif merged is None:
         log("kolm: evaluating student and untrained base on the held-out set (llama.cpp)")
         runs.append(("base", p.base.gguf, None))
@@ -701,13 +702,21 @@ def _base_cache(p: Prepared, root: Path, base_sha: str, decoding: Decoding) -> P
     return root / f"base-answers-{key}.json"
 
 
-def _load_scored(path: Path):
+def _load_scored(path: Path, n: int):
+    """Cached answers for `n` inputs, or None when there are none or they do not read
+    back whole (then the base is simply scored again and the file rewritten)."""
     from kolm.evaluate import Scored
 
-    d = _load_json(path)
-    d["latencies_s"] = tuple(d["latencies_s"])
-    d["drafted_shares"] = tuple(d["drafted_shares"])
-    return Scored(**d)
+    if not path.is_file():
+        return None
+    try:
+        d = _load_json(path)
+        d["latencies_s"] = tuple(d["latencies_s"])
+        d["drafted_shares"] = tuple(d["drafted_shares"])
+        scored = Scored(**d)
+    except (ValueError, KeyError, TypeError):
+        return None
+    return scored if len(scored.outputs) == n else None
 
 
 def _precision_stage(

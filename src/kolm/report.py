@@ -58,11 +58,7 @@ def floor_verdict(metrics: dict) -> str | None:
     line = f"{floor['accuracy']:.1%} (macro-F1 {floor['macro_f1']:.1%}); the student's {student:.1%} is {where}"
     if "p_value" in floor:  # since 2026-12-05: the two compared row by row
         a, b, pv = floor["only_student"], floor["only_floor"], floor["p_value"]
-        sure = (
-            "a difference this many rows cannot tell from chance"
-            if pv >= 0.05
-            else "unlikely to be chance"
-        )
+        sure = "could be chance" if pv >= 0.05 else "unlikely to be chance"
         line += f" ({a} rows only the student gets right, {b} only the floor; p = {pv:.2f}, {sure})"
     return line
 

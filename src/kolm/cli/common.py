@@ -56,7 +56,7 @@ def _short(text: str, n: int) -> str:
 
 def _table(rows, header) -> str:
     w = max(len(str(r[0])) for r in [*rows, header])
-    line = "-" * (w + 2 + max(len(str(r[1])) for r in [*rows, header]))
+    line = "-" * min(100, w + 2 + max(len(str(r[1])) for r in [*rows, header]))
     out = [f"{header[0]:<{w}}  {header[1]}", line]
     out += [f"{a:<{w}}  {b}" for a, b in rows]
     return "\n".join(out)
