@@ -202,19 +202,27 @@ def work_dir_for(spec: TaskSpec, override: Path | None) -> Path:
     return root / ".kolm-work" / spec.name
 
 
-def training_key(p: Prepared, base_sha: str) -> str:
-    """Hash of everything the adapter depends on."""
+def _prompts_payload(p: Prepared, base_sha: str, rows: list[Example]) -> dict:
+    """What a model's prompts for `rows` depend on: kolm, the base, its prompt format,
+    the instruction, the rows and (with a corpus) their retrieved chunks."""
     payload = {
         "kolm": __version__,
         "prompt": PROMPT_VERSION,
         "base": base_sha,
         "format": p.fmt.to_dict(),
         "instruction": p.spec.description,
-        "train": [e.to_dict() for e in p.train],
-        "config": sft_config(p),
+        "rows": [e.to_dict() for e in rows],
     }
     if p.grounder is not None:
-        payload["contexts"] = p.contexts([e.input for e in p.train])
+        payload["contexts"] = p.contexts([e.input for e in rows])
+    return payload
+
+
+def training_key(p: Prepared, base_sha: str) -> str:
+    """Hash of everything the adapter depends on."""
+    payload = _prompts_payload(p, base_sha, p.train)
+    payload["train"] = payload.pop("rows")  # the key's old field name: caches stay valid
+    payload["config"] = sft_config(p)
     return hashlib.sha256(canonical_json(payload)).hexdigest()
 
 
@@ -683,20 +691,11 @@ def _base_cache(p: Prepared, root: Path, base_sha: str, decoding: Decoding) -> P
     """Where the untrained base's held-out answers are kept: keyed by what they depend on
     (not the training, the method or the grammar, which only the student gets), so a
     recompile that changes those does not run the base again."""
-    inputs = [e.input for e in p.heldout]
-    payload = {
-        "kolm": __version__,
-        "prompt": PROMPT_VERSION,
-        "base": base_sha,
-        "format": p.fmt.to_dict(),
-        "instruction": p.spec.description,
-        "heldout": [e.to_dict() for e in p.heldout],
-        "decoding": {
-            k: v for k, v in decoding.to_dict().items() if k not in ("threads", "constrain")
-        },
-        "contexts": p.contexts(inputs) if p.grounder is not None else None,
-        "llama_cpp": llama_cpp_version(),
+    payload = _prompts_payload(p, base_sha, p.heldout)
+    payload["decoding"] = {
+        k: v for k, v in decoding.to_dict().items() if k not in ("threads", "constrain")
     }
+    payload["llama_cpp"] = llama_cpp_version()
     key = hashlib.sha256(canonical_json(payload)).hexdigest()[:16]
     root.mkdir(parents=True, exist_ok=True)
     return root / f"base-answers-{key}.json"
