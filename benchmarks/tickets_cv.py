@@ -51,7 +51,7 @@ def folds(examples: list, k: int, seed: int) -> list[list[int]]:
 
 
 def run_fold(spec, base, fmt, instruction: str, train: list, held: list) -> dict:
-    from kolm.floor import predict_labels
+    from kolm.floor import label_floor
     from kolm.train import answer_ids, greedy_outputs, prompt_ids, train_lora
 
     t = time.perf_counter()
@@ -60,18 +60,17 @@ def run_fold(spec, base, fmt, instruction: str, train: list, held: list) -> dict
     max_new = max(len(answer_ids(tok, fmt, e.output)) for e in train) + 8
     prompts = prompt_ids(tok, fmt, instruction, [e.input for e in held])
     answers = greedy_outputs(result.model, tok, prompts, max_new)
-    floor = predict_labels(
-        [e.input for e in train], [e.output for e in train], [e.input for e in held]
-    )
+    pairs = lambda rows: [(e.input, e.output) for e in rows]  # noqa: E731
+    floor = label_floor(pairs(train), pairs(held), sorted({e.output for e in train}))
     gold = [e.output for e in held]
     student = [a.strip().lower() == g for a, g in zip(answers, gold, strict=True)]
-    fl = [f == g for f, g in zip(floor, gold, strict=True)]
+    paired = floor.against(student)
     return {
         "n": len(held),
         "student": sum(student),
-        "floor": sum(fl),
-        "only_student": sum(s and not f for s, f in zip(student, fl, strict=True)),
-        "only_floor": sum(f and not s for s, f in zip(student, fl, strict=True)),
+        "floor": sum(floor.correct),
+        "only_student": paired["only_student"],
+        "only_floor": paired["only_floor"],
         "not_a_label": sum(
             a.strip().lower() not in set(gold) | {e.output for e in train} for a in answers
         ),

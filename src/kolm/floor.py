@@ -94,8 +94,7 @@ def label_floor(
     t = time.perf_counter()
     got = predict_labels([x for x, _ in train], [y for _, y in train], [x for x, _ in heldout])
     gold = [y for _, y in heldout]
-    n = len(gold) or 1
-    accuracy = sum(g == y for g, y in zip(got, gold, strict=True)) / n
-    macro = label_metrics(got, gold, labels)["macro_f1"]
     correct = tuple(g == y for g, y in zip(got, gold, strict=True))
+    accuracy = sum(correct) / (len(gold) or 1)
+    macro = label_metrics(got, gold, labels)["macro_f1"]
     return Floor(METHOD, accuracy, macro, len(train), len(gold), time.perf_counter() - t, correct)

@@ -9,6 +9,7 @@ import click
 
 from kolm.cli.app import cli
 from kolm.cli.common import (
+    _accuracy_line,
     _adapter_rows,
     _floor_line,
     _k_line,
@@ -334,8 +335,6 @@ def _train_rows(t: dict) -> list[tuple[str, str]]:
 
 
 def _print_compile_summary(result) -> None:
-    from kolm.report import accuracy_line
-
     m = result.manifest["metrics"]
     size = result.artifact.stat().st_size
     rows = _distill_rows(result.distill) if result.distill else []
@@ -343,7 +342,7 @@ def _print_compile_summary(result) -> None:
     rows += _corpus_rows(result.manifest.get("recall"))
     rows += [
         ("held-out examples", str(m["heldout_examples"])),
-        ("student accuracy", accuracy_line(m["student"])),
+        ("student accuracy", _accuracy_line(m["student"])),
         *([("TF-IDF floor", floor)] if floor else []),
         ("untrained base accuracy", f"{m['base']['accuracy']:.1%}"),
         (f"teacher accuracy ({m['teacher']['source']})", f"{m['teacher']['accuracy']:.1%}"),
