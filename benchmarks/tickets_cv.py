@@ -50,7 +50,27 @@ def folds(examples: list, k: int, seed: int) -> list[list[int]]:
     return out
 
 
-def run_fold(spec, base, fmt, instruction: str, train: list, held: list) -> dict:
+def label_scores(model, tok, fmt, prompts: list, labels: list[str]) -> list[list[float]]:
+    """Each prompt's log-probability of each label in full (its tokens, then end-of-turn)."""
+    import torch
+
+    from kolm.train import answer_ids
+
+    answers = [answer_ids(tok, fmt, label) for label in labels]
+    out = []
+    with torch.no_grad():
+        for p in prompts:
+            row = []
+            for a in answers:
+                logp = model(input_ids=torch.tensor([p + a])).logits[0].log_softmax(-1)
+                row.append(sum(logp[len(p) - 1 + j, t].item() for j, t in enumerate(a)))
+            out.append(row)
+    return out
+
+
+def run_fold(
+    spec, base, fmt, instruction: str, train: list, held: list, scores: bool = False
+) -> dict:
     from kolm.floor import label_floor
     from kolm.train import answer_ids, greedy_outputs, prompt_ids, train_lora
 
@@ -63,9 +83,29 @@ def run_fold(spec, base, fmt, instruction: str, train: list, held: list) -> dict
     pairs = lambda rows: [(e.input, e.output) for e in rows]  # noqa: E731
     floor = label_floor(pairs(train), pairs(held), sorted({e.output for e in train}))
     gold = [e.output for e in held]
+    labels = sorted({e.output for e in train})
+    extra: list[dict] = [{} for _ in held]
+    if scores:
+        from kolm.floor import unfitted_model
+
+        clf = unfitted_model()
+        clf.fit([e.input for e in train], [e.output for e in train])
+        probs = clf.predict_proba([e.input for e in held])
+        logps = label_scores(result.model, tok, fmt, prompts, labels)
+        extra = [
+            {
+                "student_logp": dict(zip(labels, lp, strict=True)),
+                "floor_p": dict(zip(list(clf.classes_), map(float, pr), strict=True)),
+            }
+            for lp, pr in zip(logps, probs, strict=True)
+        ]
     student = [a.strip().lower() == g for a, g in zip(answers, gold, strict=True)]
     paired = floor.against(student)
     return {
+        "rows": [
+            {"input": e.input, "gold": g, "student": a.strip().lower(), "floor": bool(f), **x}
+            for e, g, a, f, x in zip(held, gold, answers, floor.correct, extra, strict=True)
+        ],
         "n": len(held),
         "student": sum(student),
         "floor": sum(floor.correct),
@@ -90,7 +130,21 @@ def main() -> None:
     ap.add_argument("--epochs", type=float)
     ap.add_argument("--learning-rate", type=float)
     ap.add_argument("--base", help="a registered base name instead of the spec's")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="any other train setting, e.g. --set lora_dropout=0.1 (repeatable)",
+    )
     ap.add_argument("--only", type=int, nargs="*", help="run only these folds (0-based)")
+    ap.add_argument("--rows-out", type=Path, help="write every row's answers here (JSON lines)")
+    ap.add_argument(
+        "--label-scores",
+        action="store_true",
+        help="with --rows-out: also each label's log-probability under the student and the "
+        "floor's class probabilities",
+    )
     args = ap.parse_args()
 
     from kolm.basemodel import resolve
@@ -104,6 +158,10 @@ def main() -> None:
         changes["epochs"] = args.epochs
     if args.learning_rate is not None:
         changes["learning_rate"] = args.learning_rate
+    for item in args.set:
+        field, _, value = item.partition("=")
+        current = getattr(spec.train, field)
+        changes[field] = type(current)(value) if current is not None else int(value)
     spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, **changes))
     if args.base:
         spec = dataclasses.replace(spec, base=args.base)
@@ -122,7 +180,11 @@ def main() -> None:
         train = [e for i, e in enumerate(examples) if i not in held_set]
         random.Random(args.seed + f).shuffle(train)
         held = [examples[i] for i in held_idx]
-        row = {"fold": f, **run_fold(spec, base, fmt, instruction, train, held)}
+        row = {"fold": f, **run_fold(spec, base, fmt, instruction, train, held, args.label_scores)}
+        answers = row.pop("rows")
+        if args.rows_out:
+            with args.rows_out.open("a") as fh:
+                fh.writelines(json.dumps({"fold": f, **a}) + "\n" for a in answers)
         rows.append(row)
         print(json.dumps(row), flush=True)
     from kolm.evaluate import paired_p_value, wilson_interval
@@ -135,6 +197,7 @@ def main() -> None:
         "instruction": str(args.instruction_file or "the spec's"),
         "epochs": spec.train.epochs,
         "learning_rate": spec.train.learning_rate,
+        "set": args.set,
         "rows": n,
         "student_accuracy": round(right / n, 4),
         "floor_accuracy": round(sum(r["floor"] for r in rows) / n, 4),
