@@ -197,6 +197,9 @@ def _check_aligned(result, method: str, pref_steps: int = 3) -> None:
     cfg = TrainConfig(preference_steps=pref_steps, batch_size=pref["batch_size"])
     assert pref["steps"] == preference_steps(cfg, pref["pairs"]) <= pref_steps
     assert pref["pairs_by_source"]["student"] > 0
+    # the toy's pairs are short: a step is one pass, as before
+    assert pref["rows_per_pass"] == pref["batch_size"]
+    assert "activation_checkpointing" not in pref
     # the shipped adapter is the preference-trained one, and llama.cpp ran it
     art = open_artifact(result.artifact)
     assert art.manifest["metrics"]["llamacpp_torch_agreement"] >= 0.5
@@ -536,3 +539,59 @@ def test_the_training_summary_names_threads_and_batch_size():
         "550 (2 threads, batch 8)"
     )
     assert train_speed({"tokens_per_second": 441.0, "threads": 2}) == "441 (2 threads)"  # older
+
+
+def test_rows_per_pass_is_the_largest_divisor_of_the_batch_that_fits():
+    from kolm.align import PASS_TOKENS, micro_batch
+
+    assert micro_batch(8, 190) == 8  # the shipped example's pairs: one pass, as before
+    assert micro_batch(8, 1400) == 1  # a 150-label pair
+    assert micro_batch(8, 700) == 2
+    assert micro_batch(6, 700) == 2  # 3 would not fit, and 4 does not divide 6
+    assert micro_batch(8, 1400, least=2) == 2  # KTO compares rows within a pass
+    assert micro_batch(8, PASS_TOKENS + 1) == 1  # a row over the budget still trains
+
+
+def test_a_step_split_into_passes_trains_the_same_adapter_as_one_pass(
+    compiled, tmp_path, monkeypatch
+):
+    """Long rows are split into micro-batches with accumulated gradients and recomputed
+    activations; the step they add up to is the step one pass would take."""
+    import torch
+    from peft import get_peft_model_state_dict
+
+    from kolm import align
+    from kolm.compiler import prepare
+    from kolm.train import load_adapter
+
+    p = prepare(compiled["spec"])
+    cfg = dataclasses.replace(
+        p.spec.train, method="dpo", batch_size=4, preference_steps=2, threads=1,
+        preference_learning_rate=1e-3,
+    )  # fmt: skip
+    sft = next(p.spec.spec_path.parent.glob(".kolm-work/*/*/adapter.pt"))
+    examples = p.train[:4]
+    others = sorted({e.output for e in p.train})
+    pairs = [
+        align.Pair(e.input, e.output, next(o for o in others if o != e.output), "student")
+        for e in examples
+    ]
+
+    def run(name: str):
+        model, tok = load_adapter(p.base.gguf, cfg, sft)
+        res = align.align(
+            model, tok, p.fmt, p.spec.description, pairs, cfg, tmp_path / name, progress=False
+        )
+        return res, {k: v.clone() for k, v in get_peft_model_state_dict(model).items()}
+
+    whole, one_pass = run("whole")
+    assert whole.hyper["rows_per_pass"] == 4 and "activation_checkpointing" not in whole.hyper
+    monkeypatch.setattr(align, "PASS_TOKENS", 1)  # every pair over the budget
+    split, passes = run("split")
+    assert split.hyper["rows_per_pass"] == 1 and split.hyper["activation_checkpointing"]
+    assert whole.steps == split.steps == 2
+    before = torch.load(sft, weights_only=True)
+    moved = max((one_pass[k] - before[k]).abs().max().item() for k in one_pass)
+    assert moved > 1e-4  # the stage did train
+    for k in one_pass:
+        torch.testing.assert_close(passes[k], one_pass[k], rtol=1e-4, atol=1e-5)

@@ -16,6 +16,12 @@ through `_rollout`, which builds prompts with the same tokenizer path as SFT, so
 never templates or re-tokenizes text here either. No KL term (TRL's default, beta 0):
 with a LoRA, TRL's reference would be the bare base, not the SFT adapter.
 
+A step still averages `train.batch_size` pairs (or GRPO samples), but one pass holds at
+most `PASS_TOKENS` tokens: long rows (a 150-label instruction makes a pair ~1,400 tokens)
+are split into equal micro-batches whose gradients are accumulated into the same step,
+and the pairwise stages recompute activations in the backward pass instead of keeping
+them. Short rows (the shipped example's) run in one pass, as before.
+
 This module knows TRL and the pair formats; it knows nothing of llama.cpp, the
 artifact or the compile order.
 """
@@ -133,11 +139,38 @@ def _train(trainer, model, folder, progress, method, n, counts, hyper) -> AlignR
     )
 
 
-STAGE_VERSION = 2
-"""Part of the stage's cache key: raised when the same inputs would train differently."""
+STAGE_VERSION = 3
+"""Part of the stage's cache key: raised when the same inputs would train differently
+(3: long rows are micro-batched, which changes the last bits of a step)."""
+PASS_TOKENS = 2048
+"""Most tokens one forward/backward pass of a stage holds. One DPO step over 2 pairs of
+~700-token rows (CLINC150's 150-label instruction; 4 sequences) peaked at 10.1 GB RSS in
+one pass; 8 pairs a step would have needed ~37 GB (docs/benchmarks.md)."""
 MAX_PAIR_PASSES = 3
 """A preference stage sees each pair at most this many times: on the shipped example
 40 DPO steps over its 3 pairs (≈107 passes) took held-out accuracy from 76.6% to 57.8%."""
+
+
+def micro_batch(batch: int, row_tokens: int, least: int = 1, budget: int | None = None) -> int:
+    """Rows per pass: the largest divisor of `batch` whose rows of `row_tokens` tokens fit
+    in `budget`; when none does, the smallest divisor of at least `least` rows (KTO
+    compares rows within a pass). `budget` defaults to `PASS_TOKENS`."""
+    budget = PASS_TOKENS if budget is None else budget
+    divisors = [m for m in range(1, batch + 1) if batch % m == 0 and m >= min(least, batch)]
+    fits = [m for m in divisors if m * row_tokens <= budget]
+    return max(fits) if fits else min(divisors)
+
+
+def _passes(common: dict, hyper: dict, batch: int, rows: int, checkpoint: bool) -> None:
+    """Split each step of `batch` rows into passes of `rows` (gradients accumulated), with
+    activation checkpointing when `checkpoint` and the rows did not fit in one pass."""
+    common["per_device_train_batch_size"] = rows
+    common["gradient_accumulation_steps"] = batch // rows
+    hyper["rows_per_pass"] = rows
+    if rows < batch and checkpoint:
+        common["gradient_checkpointing"] = True
+        common["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
+        hyper["activation_checkpointing"] = True
 
 
 def preference_steps(cfg: TrainConfig, pairs: int) -> int:
@@ -185,7 +218,11 @@ def grpo(
     del common["max_length"]
     group = min(GRPO_GENERATIONS, cfg.batch_size)
     batch = max(group, cfg.batch_size - cfg.batch_size % group)
-    common["per_device_train_batch_size"] = batch
+    hyper = {}
+    longest = max(len(r) for r in _prompts(tok, fmt, instruction, examples, contexts))
+    rows = micro_batch(batch, longest + max_new)
+    # no activation checkpointing: under it the student's samples were garbage (see above)
+    _passes(common, hyper, batch, rows, checkpoint=False)
     args = GRPOConfig(
         **common,
         num_generations=group,
@@ -194,7 +231,7 @@ def grpo(
         beta=0.0,
         shuffle_dataset=True,
     )
-    hyper = {
+    hyper |= {
         "method": "grpo",
         "steps": cfg.preference_steps,
         "learning_rate": cfg.preference_learning_rate,
@@ -217,6 +254,14 @@ def grpo(
     hyper["mean_reward_first_last"] = None
     n = len(examples)
     return _train(trainer, model, folder, progress, "grpo", n, {"inputs": n}, hyper)
+
+
+def _prompts(tok, fmt, instruction, examples, contexts) -> list[list[int]]:
+    from kolm.train import prompt_ids
+
+    inputs = [e.input for e in examples]
+    ctx = [contexts.get(x, ()) for x in inputs] if contexts else None
+    return prompt_ids(tok, fmt, instruction, inputs, ctx)
 
 
 def _rollout(tok, fmt, instruction, contexts, max_new: int):
@@ -322,6 +367,14 @@ def _trainer(cfg: TrainConfig, model, tok, rows, folder, steps, progress):
         "beta": cfg.beta,
         "batch_size": cfg.batch_size,
     }
+    longest = max(
+        len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"])) for r in rows
+    )
+    # DPO, ORPO and SimPO run a pair's two answers in one pass; KTO runs each row alone
+    # (and compares rows within a pass, so it needs two of them)
+    per_row = longest if cfg.method == "kto" else 2 * longest
+    least = 2 if cfg.method == "kto" else 1
+    _passes(common, hyper, cfg.batch_size, micro_batch(cfg.batch_size, per_row, least), True)
     if cfg.method == "dpo":
         from trl import DPOConfig, DPOTrainer
 

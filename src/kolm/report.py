@@ -257,6 +257,8 @@ def _train_rows(t: dict) -> list[list[str]]:
             "learning_rate",
             "beta",
             "loss_type",
+            "rows_per_pass",
+            "activation_checkpointing",
             "skipped",
         )
         rows.append(["preference stage", ", ".join(f"{k} {pref[k]}" for k in keys if k in pref)])
