@@ -548,8 +548,36 @@ def test_rows_per_pass_is_the_largest_divisor_of_the_batch_that_fits():
     assert micro_batch(8, 1400) == 1  # a 150-label pair
     assert micro_batch(8, 700) == 2
     assert micro_batch(6, 700) == 2  # 3 would not fit, and 4 does not divide 6
-    assert micro_batch(8, 1400, least=2) == 2  # KTO compares rows within a pass
+    assert micro_batch(8, 1400, least=4) == 4  # KTO: two pairs a pass
     assert micro_batch(8, PASS_TOKENS + 1) == 1  # a row over the budget still trains
+    # 10 rows at 8 a step: the last step holds 2, so passes of 4 would be uneven
+    assert micro_batch(8, 500, rows=10) == 2
+    assert micro_batch(8, 500, rows=16) == 4
+    assert micro_batch(8, 190, rows=10) == 8  # rows that fit stay one pass a step
+    assert micro_batch(8, 1400, least=4, rows=10) == 4  # no even split: two pairs still
+
+
+def test_kto_compares_each_row_with_another_pairs_answer(tmp_path):
+    """TRL's KTO estimates its KL term from rows whose answer was written for another
+    input; no row is given its own pair's other answer (a shift by one row did that for
+    half the rows)."""
+    from datasets import Dataset
+
+    from kolm import align
+
+    rows = [
+        {"prompt_ids": [p], "completion_ids": [p, k], "label": k == 1}
+        for p in (10, 20, 30, 40)
+        for k in (1, 0)
+    ]
+
+    class Base:
+        calculate_KL = True
+
+    trainer = align._pretokenized(Base)()
+    out = trainer._prepare_dataset(Dataset.from_list(rows), None, None, "train")
+    for row in out:
+        assert row["KL_completion_ids"][0] != row["prompt_ids"][0]
 
 
 def test_a_step_split_into_passes_trains_the_same_adapter_as_one_pass(
@@ -590,6 +618,13 @@ def test_a_step_split_into_passes_trains_the_same_adapter_as_one_pass(
     split, passes = run("split")
     assert split.hyper["rows_per_pass"] == 1 and split.hyper["activation_checkpointing"]
     assert whole.steps == split.steps == 2
+    # the same loss and gradient norm (before clipping) at every step: a pass weighted
+    # wrongly would change the norm even where Adam's step would hide it
+    for key in ("loss", "grad_norm"):
+        a = [x[key] for x in whole.log if key in x]
+        b = [x[key] for x in split.log if key in x]
+        assert len(a) == len(b) == 2
+        assert b == pytest.approx(a, rel=1e-4)
     before = torch.load(sft, weights_only=True)
     moved = max((one_pass[k] - before[k]).abs().max().item() for k in one_pass)
     assert moved > 1e-4  # the stage did train

@@ -28,7 +28,9 @@ artifact or the compile order.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -65,6 +67,8 @@ class AlignResult:
     final_loss: float | None
     hyper: dict
     resumed_from: int = 0
+    log: list = dataclasses.field(default_factory=list)
+    """The trainer's log, one record a step (loss, grad_norm before clipping, ...)."""
 
 
 def teacher_pairs(rows: Sequence[dict]) -> list[Pair]:
@@ -136,6 +140,7 @@ def _train(trainer, model, folder, progress, method, n, counts, hyper) -> AlignR
         round(losses[-1], 4) if losses else None,
         hyper,
         int(ckpt.name.split("-")[-1]) if ckpt else 0,
+        history,
     )
 
 
@@ -151,14 +156,34 @@ MAX_PAIR_PASSES = 3
 40 DPO steps over its 3 pairs (≈107 passes) took held-out accuracy from 76.6% to 57.8%."""
 
 
-def micro_batch(batch: int, row_tokens: int, least: int = 1, budget: int | None = None) -> int:
+def micro_batch(
+    batch: int, row_tokens: int, least: int = 1, budget: int | None = None, rows: int = 0
+) -> int:
     """Rows per pass: the largest divisor of `batch` whose rows of `row_tokens` tokens fit
-    in `budget`; when none does, the smallest divisor of at least `least` rows (KTO
-    compares rows within a pass). `budget` defaults to `PASS_TOKENS`."""
+    in `budget` (default `PASS_TOKENS`); when none does, the smallest divisor of at least
+    `least` rows (KTO compares rows within a pass).
+
+    When a step takes several passes and `rows` (the stage's dataset size) is given, the
+    passes also divide the last, partial step of each pass over the data, so every pass
+    of a step holds the same number of rows and their mean is the step's mean."""
     budget = PASS_TOKENS if budget is None else budget
-    divisors = [m for m in range(1, batch + 1) if batch % m == 0 and m >= min(least, batch)]
+    if batch * row_tokens <= budget:
+        return batch  # one pass a step, whatever the last step holds
+    least = min(least, batch)
+    pools = [batch]
+    if rows % batch:
+        pools.insert(0, math.gcd(batch, rows % batch))
+    for pool in pools:
+        divisors = [m for m in range(least, pool + 1) if pool % m == 0]
+        if divisors:
+            break
     fits = [m for m in divisors if m * row_tokens <= budget]
     return max(fits) if fits else min(divisors)
+
+
+KTO_LEAST_ROWS = 4
+"""Rows a KTO pass holds at least: TRL estimates the KL term from the rows of one pass
+(each paired with another pair's answer), and 2 rows would be one pair's."""
 
 
 def _passes(common: dict, hyper: dict, batch: int, rows: int, checkpoint: bool) -> None:
@@ -220,7 +245,7 @@ def grpo(
     batch = max(group, cfg.batch_size - cfg.batch_size % group)
     hyper = {}
     longest = max(len(r) for r in _prompts(tok, fmt, instruction, examples, contexts))
-    rows = micro_batch(batch, longest + max_new)
+    rows = micro_batch(batch, longest + max_new)  # one generation batch a step: no partial step
     # no activation checkpointing: under it the student's samples were garbage (see above)
     _passes(common, hyper, batch, rows, checkpoint=False)
     args = GRPOConfig(
@@ -370,11 +395,14 @@ def _trainer(cfg: TrainConfig, model, tok, rows, folder, steps, progress):
     longest = max(
         len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"])) for r in rows
     )
-    # DPO, ORPO and SimPO run a pair's two answers in one pass; KTO runs each row alone
-    # (and compares rows within a pass, so it needs two of them)
-    per_row = longest if cfg.method == "kto" else 2 * longest
-    least = 2 if cfg.method == "kto" else 1
-    _passes(common, hyper, cfg.batch_size, micro_batch(cfg.batch_size, per_row, least), True)
+    # DPO, ORPO and SimPO run a pair's two answers together
+    kto = cfg.method == "kto"
+    n = 2 * len(rows) if kto else len(rows)  # KTO trains on each answer as a row of its own
+    # KTO estimates its KL term within a pass: two pairs at least
+    least = KTO_LEAST_ROWS if kto else 1
+    per_row = longest if kto else 2 * longest
+    micro = micro_batch(cfg.batch_size, per_row, least, rows=n)
+    _passes(common, hyper, cfg.batch_size, micro, checkpoint=True)
     if cfg.method == "dpo":
         from trl import DPOConfig, DPOTrainer
 
@@ -412,15 +440,17 @@ def _pretokenized(cls):
 
     class Pretokenized(cls):
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-            if getattr(self, "calculate_KL", False):  # KTO's mismatched pairs, as TRL builds them
-                size = args.per_device_train_batch_size
+            if getattr(self, "calculate_KL", False):  # KTO's mismatched pairs
 
                 def rotate(batch):
+                    # rows come as (chosen, rejected) of each pair in turn: shift by a
+                    # whole pair, so a row's KL answer was written for another input
                     ids = batch["completion_ids"]
-                    batch["KL_completion_ids"] = [ids[-1]] + ids[:-1]
+                    k = 2 if len(ids) >= 4 else 1
+                    batch["KL_completion_ids"] = ids[-k:] + ids[:-k]
                     return batch
 
-                dataset = dataset.map(rotate, batched=True, batch_size=size)
+                dataset = dataset.map(rotate, batched=True, batch_size=None)
             return dataset
 
     return Pretokenized
