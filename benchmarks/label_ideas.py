@@ -114,11 +114,11 @@ def compile_one(spec_path: Path, base: str | None, work: Path, out: Path) -> dic
 
 def label_logprobs(spec, work: Path) -> tuple[list[str], list[list[float]], list[str]]:
     """Every held-out input's log-probability of each label in full, from the trained adapter."""
-    import torch
+    from tickets_cv import label_scores  # benchmarks/ is on the path when run as a script
 
     from kolm.basemodel import resolve
     from kolm.prompt import format_from_gguf
-    from kolm.train import answer_ids, load_adapter, prompt_ids
+    from kolm.train import load_adapter, prompt_ids
 
     train, held = _split(spec)
     base = resolve(spec.base, spec.spec_path.parent)
@@ -129,17 +129,8 @@ def label_logprobs(spec, work: Path) -> tuple[list[str], list[list[float]], list
     model, tok = load_adapter(base.gguf, spec.train, adapter)
     model.eval()
     labels = sorted({e.output for e in train})
-    answers = [answer_ids(tok, fmt, label) for label in labels]
     prompts = prompt_ids(tok, fmt, spec.description, [e.input for e in held])
-    rows = []
-    with torch.no_grad():
-        for p in prompts:
-            row = []
-            for a in answers:
-                logp = model(input_ids=torch.tensor([p + a])).logits[0].log_softmax(-1)
-                row.append(sum(logp[len(p) - 1 + j, t].item() for j, t in enumerate(a)))
-            rows.append(row)
-    return labels, rows, [e.output for e in held]
+    return labels, label_scores(model, tok, fmt, prompts, labels), [e.output for e in held]
 
 
 def product_with_floor(spec, work: Path) -> dict:
