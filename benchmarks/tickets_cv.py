@@ -2,6 +2,9 @@
 
     .venv/bin/python benchmarks/tickets_cv.py                       # 5 folds, the shipped settings
     .venv/bin/python benchmarks/tickets_cv.py --instruction-file benchmarks/tickets_described.txt
+    .venv/bin/python benchmarks/tickets_cv.py --base gemma3-270m --rows-out gemma-rows.jsonl
+    .venv/bin/python benchmarks/tickets_cv.py --set lora_dropout=0.1
+    .venv/bin/python benchmarks/tickets_cv.py --rows-out rows.jsonl --label-scores
 
 The compile scores the student on one split: 64 held-out rows, where one row is 1.6
 points and a 95% interval is about ±10 points wide. This scores every one of the 323
@@ -15,7 +18,10 @@ this task (docs/benchmarks.md), so the figure is the one a compile would print.
 Prints a JSON line per fold, then the totals: student and floor accuracy over all rows
 (the student's with its 95% Wilson interval), the per-fold paired difference (mean and
 standard deviation), the rows only one of them gets right and the exact McNemar p-value.
-`benchmarks/tickets_described.txt` is an instruction that defines each queue.
+`benchmarks/tickets_described.txt` is an instruction that defines each queue. `--set`
+changes any other train setting; `--rows-out` keeps every row's answer (JSON lines), and
+with `--label-scores` each label's log-probability under the student and the floor's
+class probabilities, for comparing two runs row by row or combining student and floor.
 """
 
 from __future__ import annotations
