@@ -244,7 +244,8 @@ def grpo(
     group = min(GRPO_GENERATIONS, cfg.batch_size)
     batch = max(group, cfg.batch_size - cfg.batch_size % group)
     hyper = {}
-    longest = max(len(r) for r in _prompts(tok, fmt, instruction, examples, contexts))
+    inputs = [e.input for e in examples]
+    longest = max(len(r) for r in _prompts(tok, fmt, instruction, inputs, contexts))
     rows = micro_batch(batch, longest + max_new)  # one generation batch a step: no partial step
     # no activation checkpointing: under it the student's samples were garbage (see above)
     _passes(common, hyper, batch, rows, checkpoint=False)
@@ -281,10 +282,10 @@ def grpo(
     return _train(trainer, model, folder, progress, "grpo", n, {"inputs": n}, hyper)
 
 
-def _prompts(tok, fmt, instruction, examples, contexts) -> list[list[int]]:
+def _prompts(tok, fmt, instruction, inputs: Sequence[str], contexts) -> list[list[int]]:
+    """Each input's prompt token ids, with its retrieved chunks, exactly as SFT builds them."""
     from kolm.train import prompt_ids
 
-    inputs = [e.input for e in examples]
     ctx = [contexts.get(x, ()) for x in inputs] if contexts else None
     return prompt_ids(tok, fmt, instruction, inputs, ctx)
 
@@ -292,13 +293,11 @@ def _prompts(tok, fmt, instruction, examples, contexts) -> list[list[int]]:
 def _rollout(tok, fmt, instruction, contexts, max_new: int):
     """TRL's `rollout_func`: sample one answer per prompt (TRL repeats each input once per
     generation), prompts tokenized exactly as SFT and the runtime build them."""
-    from kolm.train import prompt_ids
 
     def rollout(prompts: list[str], trainer) -> dict:
         import torch
 
-        ctx = [contexts.get(x, ()) for x in prompts] if contexts else None
-        ids = prompt_ids(tok, fmt, instruction, prompts, ctx)
+        ids = _prompts(tok, fmt, instruction, prompts, contexts)
         model = trainer.model
         device = next(model.parameters()).device
         width = max(len(r) for r in ids)
@@ -395,10 +394,10 @@ def _trainer(cfg: TrainConfig, model, tok, rows, folder, steps, progress):
     longest = max(
         len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"])) for r in rows
     )
-    # DPO, ORPO and SimPO run a pair's two answers together
+    # KTO trains on each answer as a row of its own and estimates its KL term within a
+    # pass (two pairs at least); DPO, ORPO and SimPO run a pair's two answers together
     kto = cfg.method == "kto"
-    n = 2 * len(rows) if kto else len(rows)  # KTO trains on each answer as a row of its own
-    # KTO estimates its KL term within a pass: two pairs at least
+    n = 2 * len(rows) if kto else len(rows)
     least = KTO_LEAST_ROWS if kto else 1
     per_row = longest if kto else 2 * longest
     micro = micro_batch(cfg.batch_size, per_row, least, rows=n)
