@@ -3,13 +3,17 @@
     .venv/bin/python benchmarks/preference_memory.py --work c150-b8                 # as kolm runs it
     .venv/bin/python benchmarks/preference_memory.py --work c150-b8 --one-pass      # before: one pass
     .venv/bin/python benchmarks/preference_memory.py --work c150-b8 --repeat 4      # 4x the pairs
+    .venv/bin/python benchmarks/preference_memory.py --work c150-b8 --base gemma3-270m --method orpo
 
 `--work` is a folder `benchmarks/clinc150.py --methods dpo` compiled in: its SFT adapter
 and the SFT student's wrong answers (`student-pairs-*.json`, kept beside the adapter) are
 reused, and only the stage runs, in this process, with its resident memory read from
 /proc every 0.2 s. `--one-pass` sets `kolm.align.PASS_TOKENS` so high that every step is
 one pass (what kolm did before passes existed); `--repeat N` trains on the pairs N times
-over, as a teacher's rejected samples would add pairs. Prints one JSON line.
+over, as a teacher's rejected samples would add pairs. `--base NAME` runs the stage on
+another registered base with a fresh (untrained) adapter over the same pairs: a stage's
+memory depends on the shapes of the model and the rows, not on the adapter's values, so
+this measures a larger vocabulary without training that base first. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -34,13 +38,14 @@ def main() -> None:
     ap.add_argument("--method", default="dpo", choices=["dpo", "orpo", "kto", "simpo"])
     ap.add_argument("--repeat", type=int, default=1, help="train on the pairs N times over")
     ap.add_argument("--one-pass", action="store_true", help="one pass a step (before)")
+    ap.add_argument("--base", help="another registered base, with a fresh adapter")
     args = ap.parse_args()
 
     from kolm import align
     from kolm.basemodel import resolve
     from kolm.prompt import format_from_gguf
     from kolm.spec import load_spec
-    from kolm.train import load_adapter
+    from kolm.train import load_adapter, lora_model
 
     found = sorted(args.work.glob(".kolm-work/*/*/student-pairs-*.json"))
     if not found:
@@ -51,7 +56,7 @@ def main() -> None:
     pairs_file = found[0]
     spec = load_spec(args.work / "kolm.yaml")
     cfg = dataclasses.replace(spec.train, method=args.method)
-    base = resolve(spec.base, args.work)
+    base = resolve(args.base or spec.base, args.work)
     fmt = format_from_gguf(base.gguf)
     pairs = [align.Pair(**r) for r in json.loads(pairs_file.read_text())] * args.repeat
     if args.one_pass:
@@ -65,7 +70,10 @@ def main() -> None:
             time.sleep(0.2)
 
     threading.Thread(target=sample, daemon=True).start()
-    model, tok = load_adapter(base.gguf, cfg, pairs_file.parent / "adapter.pt")
+    if args.base:
+        model, tok, _ = lora_model(base.gguf, cfg)
+    else:
+        model, tok = load_adapter(base.gguf, cfg, pairs_file.parent / "adapter.pt")
     loaded = rss_gb()
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
@@ -77,6 +85,7 @@ def main() -> None:
         json.dumps(
             {
                 "method": args.method,
+                "base": base.name,
                 "pairs": len(pairs),
                 "steps": res.steps,
                 "rows_per_pass": res.hyper["rows_per_pass"],

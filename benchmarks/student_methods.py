@@ -1,6 +1,7 @@
 """SFT vs SFT + a preference stage on the shipped example: same split, same seed.
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/student_methods.py --methods sft,dpo
+    python benchmarks/student_methods.py --methods sft,kto --base gemma3-270m --work gemma-methods
 
 Compiles examples/support-tickets once per `train.method` into one work folder, so
 the SFT stage is trained once and every preference method continues the same SFT
@@ -20,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(method: str, work: Path, out_dir: Path, steps: int | None) -> dict:
+def run(method: str, work: Path, out_dir: Path, steps: int | None, base: str | None) -> dict:
     from kolm.compiler import compile_task
     from kolm.spec import load_spec
 
@@ -28,13 +29,14 @@ def run(method: str, work: Path, out_dir: Path, steps: int | None) -> dict:
     train = dataclasses.replace(spec.train, method=method)
     if steps:
         train = dataclasses.replace(train, preference_steps=steps)
-    spec = dataclasses.replace(spec, train=train)
+    spec = dataclasses.replace(spec, train=train, **({"base": base} if base else {}))
     t = time.perf_counter()
     r = compile_task(spec, out_dir / f"tickets-{method}.kolm", work_dir=work, force=True)
     m = r.manifest["metrics"]
     pref = m["train"].get("preference", {})
     return {
         "method": method,
+        "base": spec.base,
         "accuracy": m["student"]["accuracy"],
         "floor": m["floor"]["accuracy"],
         "K": r.manifest["kscore"]["K"],
@@ -54,10 +56,11 @@ def main() -> None:
     ap.add_argument("--methods", default="sft,dpo")
     ap.add_argument("--preference-steps", type=int, default=None)
     ap.add_argument("--work", type=Path, default=Path("student-methods-work"))
+    ap.add_argument("--base", help="a registered base name (default: the example's)")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     for method in args.methods.split(","):
-        row = run(method, args.work, args.work, args.preference_steps)
+        row = run(method, args.work, args.work, args.preference_steps, args.base)
         print(json.dumps(row), flush=True)
 
 

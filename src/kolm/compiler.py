@@ -494,6 +494,12 @@ def _run_align(p: Prepared, work, folder, sft_info, teacher_rows, progress, log)
         return info
     steps = preference_steps(cfg, len(pairs))
     log(f"kolm: {cfg.method}: {len(pairs)} preference pairs; training {steps} steps")
+    if len(pairs) < cfg.batch_size:
+        log(
+            f"kolm: {cfg.method}: only {len(pairs)} pairs for {len(inputs)} training inputs, "
+            "too few to move the student much (docs/benchmarks.md measures this case); "
+            "a teacher's rejected samples add pairs"
+        )
     res = align(model, tok, p.fmt, p.spec.description, pairs, cfg, folder / "ckpt", progress, ctx)
     return _finish_align(p, folder, model, tok, info, res, max_new)
 
