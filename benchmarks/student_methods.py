@@ -47,7 +47,7 @@ def run(method: str, work: Path, out_dir: Path, steps: int | None, base: str | N
         "pref_seconds": pref.get("seconds"),
         "agreement": m["llamacpp_torch_agreement"],
         "wall_s": round(time.perf_counter() - t, 1),
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
     }
 
 
