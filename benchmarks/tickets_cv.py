@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/tickets_cv.py --base gemma3-270m --rows-out gemma-rows.jsonl
     .venv/bin/python benchmarks/tickets_cv.py --set lora_dropout=0.1
     .venv/bin/python benchmarks/tickets_cv.py --rows-out rows.jsonl --label-scores
+    .venv/bin/python benchmarks/tickets_cv.py --hard-negatives dpo
 
 The compile scores the student on one split: 64 held-out rows, where one row is 1.6
 points and a 95% interval is about ±10 points wide. This scores every one of the 323
@@ -22,6 +23,9 @@ standard deviation), the rows only one of them gets right and the exact McNemar 
 changes any other train setting; `--rows-out` keeps every row's answer (JSON lines), and
 with `--label-scores` each label's log-probability under the student and the floor's
 class probabilities, for comparing two runs row by row or combining student and floor.
+`--hard-negatives METHOD` adds a preference stage after SFT (`kolm.align`, the compile's
+code) with a pair for every training row: its label against the wrong label the SFT
+student scores highest on it.
 """
 
 from __future__ import annotations
@@ -57,7 +61,8 @@ def folds(examples: list, k: int, seed: int) -> list[list[int]]:
 
 
 def label_scores(model, tok, fmt, prompts: list, labels: list[str]) -> list[list[float]]:
-    """Each prompt's log-probability of each label in full (its tokens, then end-of-turn)."""
+    """Each prompt's log-probability of each label in full (its tokens, then end-of-turn),
+    the labels of one prompt run as one right-padded batch."""
     import torch
 
     from kolm.train import answer_ids
@@ -66,17 +71,40 @@ def label_scores(model, tok, fmt, prompts: list, labels: list[str]) -> list[list
     out = []
     with torch.no_grad():
         for p in prompts:
+            width = len(p) + max(map(len, answers))
+            ids = torch.zeros((len(answers), width), dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for k, a in enumerate(answers):
+                ids[k, : len(p) + len(a)] = torch.tensor(p + a)
+                mask[k, : len(p) + len(a)] = 1
+            logits = model(input_ids=ids, attention_mask=mask).logits
             row = []
-            for a in answers:
-                logp = model(input_ids=torch.tensor([p + a])).logits[0].log_softmax(-1)
-                row.append(sum(logp[len(p) - 1 + j, t].item() for j, t in enumerate(a)))
+            for k, a in enumerate(answers):
+                logp = logits[k, len(p) - 1 : len(p) - 1 + len(a)].log_softmax(-1)
+                row.append(sum(logp[j, t].item() for j, t in enumerate(a)))
             out.append(row)
     return out
 
 
+def hard_negatives(model, tok, fmt, instruction: str, train: list, labels: list[str]) -> list:
+    """A pair for every training row: its label against the wrong label the student scores
+    highest on that input (the student is right on nearly all of them, so its own wrong
+    answers give almost no pairs)."""
+    from kolm.align import Pair
+    from kolm.train import prompt_ids
+
+    prompts = prompt_ids(tok, fmt, instruction, [e.input for e in train])
+    out = []
+    for e, row in zip(train, label_scores(model, tok, fmt, prompts, labels), strict=True):
+        wrong = max((s, lab) for s, lab in zip(row, labels, strict=True) if lab != e.output)
+        out.append(Pair(e.input, e.output, wrong[1], "student"))
+    return out
+
+
 def run_fold(
-    spec, base, fmt, instruction: str, train: list, held: list, scores: bool = False
-) -> dict:
+    spec, base, fmt, instruction: str, train: list, held: list, scores: bool = False,
+    hard: str | None = None, work: Path | None = None,
+) -> dict:  # fmt: skip
     from kolm.floor import label_floor
     from kolm.train import answer_ids, greedy_outputs, prompt_ids, train_lora
 
@@ -84,6 +112,25 @@ def run_fold(
     result = train_lora(base.gguf, fmt, instruction, train, spec.train, None, progress=False)
     tok = result.tokenizer
     max_new = max(len(answer_ids(tok, fmt, e.output)) for e in train) + 8
+    stage: dict = {}
+    if hard:
+        import tempfile
+
+        from kolm.align import align
+
+        labels = sorted({e.output for e in train})
+        ts = time.perf_counter()
+        pairs = hard_negatives(result.model, tok, fmt, instruction, train, labels)
+        cfg = dataclasses.replace(spec.train, method=hard)
+        with tempfile.TemporaryDirectory(dir=work) as folder:
+            res = align(result.model, tok, fmt, instruction, pairs, cfg, Path(folder), False)
+        stage = {
+            "stage": hard,
+            "pairs": res.pairs,
+            "stage_steps": res.steps,
+            "stage_s": round(time.perf_counter() - ts, 1),
+            "stage_final_loss": res.final_loss,
+        }
     prompts = prompt_ids(tok, fmt, instruction, [e.input for e in held])
     answers = greedy_outputs(result.model, tok, prompts, max_new)
     pairs = lambda rows: [(e.input, e.output) for e in rows]  # noqa: E731
@@ -124,6 +171,7 @@ def run_fold(
         "train_s": round(result.seconds, 1),
         "tokens_per_s": round(result.tokens_per_second, 1),
         "seconds": round(time.perf_counter() - t, 1),
+        **stage,
     }
 
 
@@ -150,6 +198,13 @@ def main() -> None:
         action="store_true",
         help="with --rows-out: also each label's log-probability under the student and the "
         "floor's class probabilities",
+    )
+    ap.add_argument(
+        "--hard-negatives",
+        metavar="METHOD",
+        choices=("dpo", "orpo", "kto", "simpo"),
+        help="after SFT, a preference stage with a pair for every training row: its label "
+        "against the wrong label the student scores highest",
     )
     args = ap.parse_args()
 
@@ -186,7 +241,11 @@ def main() -> None:
         train = [e for i, e in enumerate(examples) if i not in held_set]
         random.Random(args.seed + f).shuffle(train)
         held = [examples[i] for i in held_idx]
-        row = {"fold": f, **run_fold(spec, base, fmt, instruction, train, held, args.label_scores)}
+        work = args.rows_out.parent if args.rows_out else None
+        res = run_fold(
+            spec, base, fmt, instruction, train, held, args.label_scores, args.hard_negatives, work
+        )
+        row = {"fold": f, **res}
         answers = row.pop("rows")
         if args.rows_out:
             with args.rows_out.open("a") as fh:
@@ -204,6 +263,7 @@ def main() -> None:
         "epochs": spec.train.epochs,
         "learning_rate": spec.train.learning_rate,
         "set": args.set,
+        "hard_negatives": args.hard_negatives,
         "rows": n,
         "student_accuracy": round(right / n, 4),
         "floor_accuracy": round(sum(r["floor"] for r in rows) / n, 4),
