@@ -6,6 +6,7 @@
     .venv/bin/python benchmarks/tickets_cv.py --set lora_dropout=0.1
     .venv/bin/python benchmarks/tickets_cv.py --rows-out rows.jsonl --label-scores
     .venv/bin/python benchmarks/tickets_cv.py --hard-negatives dpo
+    .venv/bin/python benchmarks/tickets_cv.py --base gemma3-270m --grpo
 
 The compile scores the student on one split: 64 held-out rows, where one row is 1.6
 points and a 95% interval is about ±10 points wide. This scores every one of the 323
@@ -25,7 +26,7 @@ with `--label-scores` each label's log-probability under the student and the flo
 class probabilities, for comparing two runs row by row or combining student and floor.
 `--hard-negatives METHOD` adds a preference stage after SFT (`kolm.align`, the compile's
 code) with a pair for every training row: its label against the wrong label the SFT
-student scores highest on it.
+student scores highest on it. `--grpo` adds the compile's GRPO stage after SFT instead.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ def hard_negatives(model, tok, fmt, instruction: str, train: list, labels: list[
 
 def run_fold(
     spec, base, fmt, instruction: str, train: list, held: list, scores: bool = False,
-    hard: str | None = None, work: Path | None = None,
+    hard: str | None = None, work: Path | None = None, grpo: bool = False,
 ) -> dict:  # fmt: skip
     from kolm.floor import label_floor
     from kolm.train import answer_ids, greedy_outputs, prompt_ids, train_lora
@@ -113,6 +114,30 @@ def run_fold(
     tok = result.tokenizer
     max_new = max(len(answer_ids(tok, fmt, e.output)) for e in train) + 8
     stage: dict = {}
+    if grpo:
+        import tempfile
+
+        from kolm.align import grpo as run_grpo
+        from kolm.verifier import synthesize
+
+        verifier = synthesize([e.output for e in train])
+
+        def check(text: str) -> str | None:
+            c = verifier.check(text)
+            return c.normalized if c.ok else None
+
+        ts = time.perf_counter()
+        cfg = dataclasses.replace(spec.train, method="grpo")
+        with tempfile.TemporaryDirectory(dir=work) as folder:
+            res = run_grpo(
+                result.model, tok, fmt, instruction, train, check, cfg, Path(folder), max_new, False
+            )
+        stage = {
+            "stage": "grpo",
+            "stage_steps": res.steps,
+            "stage_s": round(time.perf_counter() - ts, 1),
+            "rewards": [round(x["reward"], 3) for x in res.log if "reward" in x],
+        }
     if hard:
         import tempfile
 
@@ -206,6 +231,11 @@ def main() -> None:
         help="after SFT, a preference stage with a pair for every training row: its label "
         "against the wrong label the student scores highest",
     )
+    ap.add_argument(
+        "--grpo",
+        action="store_true",
+        help="after SFT, a GRPO stage with the verifier as reward (kolm.align.grpo)",
+    )
     args = ap.parse_args()
 
     from kolm.basemodel import resolve
@@ -243,8 +273,9 @@ def main() -> None:
         held = [examples[i] for i in held_idx]
         work = args.rows_out.parent if args.rows_out else None
         res = run_fold(
-            spec, base, fmt, instruction, train, held, args.label_scores, args.hard_negatives, work
-        )
+            spec, base, fmt, instruction, train, held, args.label_scores, args.hard_negatives, work,
+            args.grpo,
+        )  # fmt: skip
         row = {"fold": f, **res}
         answers = row.pop("rows")
         if args.rows_out:
@@ -264,6 +295,7 @@ def main() -> None:
         "learning_rate": spec.train.learning_rate,
         "set": args.set,
         "hard_negatives": args.hard_negatives,
+        "grpo": args.grpo,
         "rows": n,
         "student_accuracy": round(right / n, 4),
         "floor_accuracy": round(sum(r["floor"] for r in rows) / n, 4),

@@ -236,7 +236,9 @@ def test_grpo_samples_rewards_with_the_verifier_and_ships_a_gguf_llama_cpp_runs(
     assert stage["num_generations"] >= 2 and stage["beta"] == 0.0
     first, last = stage["mean_reward_first_last"]
     assert 0.0 <= first <= 1.0 and 0.0 <= last <= 1.0  # rewards came from the verifier
+    assert 0.0 <= stage["groups_with_signal"] <= 1.0
     assert any(line.startswith("kolm: grpo:") for line in lines)
+    assert any("of the sampled groups differed in reward" in line for line in lines)
     art = open_artifact(result.artifact)
     assert art.manifest["metrics"]["llamacpp_torch_agreement"] >= 0.5
 
@@ -259,6 +261,7 @@ def test_grpo_samples_real_answers_from_the_trained_student(compiled, tmp_path):
     assert res.steps == 1 and res.hyper["num_generations"] == 4
     first, _ = res.hyper["mean_reward_first_last"]
     assert first > 0.5, res.hyper
+    assert 0.0 <= res.hyper["groups_with_signal"] <= 1.0, res.hyper
 
 
 def test_a_preference_stage_with_no_pairs_is_skipped_with_a_clear_line(compiled):

@@ -131,6 +131,11 @@ def _train(trainer, model, folder, progress, method, n, counts, hyper) -> AlignR
     rewards = [x["reward"] for x in history if "reward" in x]
     if rewards:
         hyper["mean_reward_first_last"] = [round(rewards[0], 4), round(rewards[-1], 4)]
+    zero_std = [x["frac_reward_zero_std"] for x in history if "frac_reward_zero_std" in x]
+    if zero_std:
+        # a group whose samples all earn the same reward has no advantage, so no gradient:
+        # a mean reward of 1.0 at both ends can hide steps that did learn
+        hyper["groups_with_signal"] = round(1 - sum(zero_std) / len(zero_std), 4)
     return AlignResult(
         method,
         n,

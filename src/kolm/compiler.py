@@ -481,6 +481,7 @@ def _run_align(p: Prepared, work, folder, sft_info, teacher_rows, progress, log)
             model, tok, p.fmt, p.spec.description, p.train, _verified(p), cfg,
             folder / "ckpt", max_new, progress, ctx,
         )  # fmt: skip
+        _log_rewards(res.hyper, log)
         return _finish_align(p, folder, model, tok, info, res, max_new)
     pairs = teacher_pairs(teacher_rows) + _student_pairs(
         p, work, model, tok, contexts, max_new, log
@@ -502,6 +503,18 @@ def _run_align(p: Prepared, work, folder, sft_info, teacher_rows, progress, log)
         )
     res = align(model, tok, p.fmt, p.spec.description, pairs, cfg, folder / "ckpt", progress, ctx)
     return _finish_align(p, folder, model, tok, info, res, max_new)
+
+
+def _log_rewards(hyper: dict, log: Log) -> None:
+    """Say how GRPO's rewards went, and how many of its groups had anything to learn."""
+    ends = hyper.get("mean_reward_first_last")
+    share = hyper.get("groups_with_signal")
+    if ends is None or share is None:
+        return
+    log(
+        f"kolm: grpo: mean reward {ends[0]:.2f} at the first step, {ends[1]:.2f} at the last; "
+        f"{share:.0%} of the sampled groups differed in reward (GRPO learns only from those)"
+    )
 
 
 def _student_pairs(p: Prepared, work: Path, model, tok, contexts, max_new: int, log: Log) -> list:
