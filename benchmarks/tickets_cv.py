@@ -224,14 +224,15 @@ def main() -> None:
         help="with --rows-out: also each label's log-probability under the student and the "
         "floor's class probabilities",
     )
-    ap.add_argument(
+    stages = ap.add_mutually_exclusive_group()
+    stages.add_argument(
         "--hard-negatives",
         metavar="METHOD",
         choices=("dpo", "orpo", "kto", "simpo"),
         help="after SFT, a preference stage with a pair for every training row: its label "
         "against the wrong label the student scores highest",
     )
-    ap.add_argument(
+    stages.add_argument(
         "--grpo",
         action="store_true",
         help="after SFT, a GRPO stage with the verifier as reward (kolm.align.grpo)",
