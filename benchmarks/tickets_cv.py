@@ -36,6 +36,7 @@ import dataclasses
 import json
 import random
 import statistics
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -115,17 +116,10 @@ def run_fold(
     max_new = max(len(answer_ids(tok, fmt, e.output)) for e in train) + 8
     stage: dict = {}
     if grpo:
-        import tempfile
-
         from kolm.align import grpo as run_grpo
         from kolm.verifier import synthesize
 
-        verifier = synthesize([e.output for e in train])
-
-        def check(text: str) -> str | None:
-            c = verifier.check(text)
-            return c.normalized if c.ok else None
-
+        check = synthesize([e.output for e in train]).passing
         ts = time.perf_counter()
         cfg = dataclasses.replace(spec.train, method="grpo")
         with tempfile.TemporaryDirectory(dir=work) as folder:
@@ -139,8 +133,6 @@ def run_fold(
             "rewards": [round(x["reward"], 3) for x in res.log if "reward" in x],
         }
     if hard:
-        import tempfile
-
         from kolm.align import align
 
         labels = sorted({e.output for e in train})

@@ -16,6 +16,12 @@ def test_closed_label_set_normalizes_harmless_variation():
     assert not bad.ok and bad.failed.startswith("label")
 
 
+def test_passing_gives_the_normalized_answer_or_none():
+    v = synthesize(["billing", "refund", "billing", "refund", "billing", "refund"])
+    assert v.passing("  Billing ") == "billing"
+    assert v.passing("shipping") is None
+
+
 def test_json_schema_is_inferred_with_required_keys_types_and_enums():
     seeds = [
         json.dumps({"name": n, "priority": p, "amount": a, "tags": ["x"]})

@@ -541,12 +541,7 @@ def _student_pairs(p: Prepared, work: Path, model, tok, contexts, max_new: int, 
 
 def _verified(p: Prepared):
     """The verifier as GRPO's check: the normalized answer, or None when it fails."""
-
-    def check(text: str) -> str | None:
-        c = p.verifier.check(text)
-        return c.normalized if c.ok else None
-
-    return check
+    return p.verifier.passing
 
 
 def _finish_align(p: Prepared, folder: Path, model, tok, info: dict, res, max_new: int) -> dict:

@@ -61,6 +61,11 @@ class Verifier:
                 return Check(False, norm, failed)
         return Check(True, norm)
 
+    def passing(self, output: str) -> str | None:
+        """The normalized output when it passes, else None (GRPO's reward check)."""
+        c = self.check(output)
+        return c.normalized if c.ok else None
+
     def _normalize(self, text: str) -> tuple[str, str | None]:
         if self.kind == "label":
             key = _label_key(text)
