@@ -132,7 +132,7 @@ def run_fold(
             "stage_s": round(time.perf_counter() - ts, 1),
             "rewards": [round(x["reward"], 3) for x in res.log if "reward" in x],
         }
-    if hard:
+    elif hard:
         from kolm.align import align
 
         labels = sorted({e.output for e in train})
@@ -257,6 +257,7 @@ def main() -> None:
     examples = load_examples(spec.examples)
     parts = folds(examples, args.folds, args.seed)
     rows = []
+    work = args.rows_out.parent if args.rows_out else None
     for f, held_idx in enumerate(parts):
         if args.only and f not in args.only:
             continue
@@ -264,7 +265,6 @@ def main() -> None:
         train = [e for i, e in enumerate(examples) if i not in held_set]
         random.Random(args.seed + f).shuffle(train)
         held = [examples[i] for i in held_idx]
-        work = args.rows_out.parent if args.rows_out else None
         res = run_fold(
             spec, base, fmt, instruction, train, held, args.label_scores, args.hard_negatives, work,
             args.grpo,

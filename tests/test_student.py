@@ -247,7 +247,7 @@ def test_grpo_samples_real_answers_from_the_trained_student(compiled, tmp_path):
     """The toy student answers its training inputs right, so its sampled answers earn
     the verifier's reward (a sampler that broke after the first token earned 0)."""
     from kolm import align
-    from kolm.compiler import _verified, prepare
+    from kolm.compiler import prepare
     from kolm.train import load_adapter
 
     p = prepare(compiled["spec"])
@@ -255,7 +255,7 @@ def test_grpo_samples_real_answers_from_the_trained_student(compiled, tmp_path):
     sft = next(p.spec.spec_path.parent.glob(".kolm-work/*/*/adapter.pt"))
     model, tok = load_adapter(p.base.gguf, cfg, sft)
     res = align.grpo(
-        model, tok, p.fmt, p.spec.description, p.train[:4], _verified(p), cfg,
+        model, tok, p.fmt, p.spec.description, p.train[:4], p.verifier.passing, cfg,
         tmp_path / "ckpt", 8, progress=False,
     )  # fmt: skip
     assert res.steps == 1 and res.hyper["num_generations"] == 4

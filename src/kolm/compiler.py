@@ -478,7 +478,7 @@ def _run_align(p: Prepared, work, folder, sft_info, teacher_rows, progress, log)
     if cfg.method == "grpo":
         log(f"kolm: grpo: {len(inputs)} training inputs; training {cfg.preference_steps} steps")
         res = grpo(
-            model, tok, p.fmt, p.spec.description, p.train, _verified(p), cfg,
+            model, tok, p.fmt, p.spec.description, p.train, p.verifier.passing, cfg,
             folder / "ckpt", max_new, progress, ctx,
         )  # fmt: skip
         _log_rewards(res.hyper, log)
@@ -537,11 +537,6 @@ def _student_pairs(p: Prepared, work: Path, model, tok, contexts, max_new: int, 
     tmp.write_text(json.dumps([dataclasses.asdict(x) for x in pairs], indent=1))
     tmp.replace(cached)
     return pairs
-
-
-def _verified(p: Prepared):
-    """The verifier as GRPO's check: the normalized answer, or None when it fails."""
-    return p.verifier.passing
 
 
 def _finish_align(p: Prepared, folder: Path, model, tok, info: dict, res, max_new: int) -> dict:
