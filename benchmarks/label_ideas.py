@@ -3,7 +3,8 @@
     OMP_NUM_THREADS=1 python benchmarks/label_ideas.py --work label-ideas-work
     OMP_NUM_THREADS=1 python benchmarks/label_ideas.py --work label-ideas-work --base gemma3-270m --skip-demos
 
-(`--skip-plain` runs only the demonstrations compile.)
+(`--skip-plain` runs only the demonstrations compile; `--batch-size 8` trains as the
+example did before 2026-12-06, when the figures in docs/benchmarks.md were taken.)
 
 On the shipped example (examples/support-tickets, its own split and seed):
 
@@ -92,13 +93,19 @@ def demos_task(k: int, folder: Path) -> tuple[Path, dict]:
     }
 
 
-def compile_one(spec_path: Path, base: str | None, work: Path, out: Path) -> dict:
+def compile_one(
+    spec_path: Path, base: str | None, work: Path, out: Path, batch_size: int | None = None
+) -> dict:
     from kolm.compiler import compile_task
     from kolm.spec import load_spec
 
     spec = load_spec(spec_path)
     if base:
         spec = dataclasses.replace(spec, base=base)
+    if batch_size:
+        spec = dataclasses.replace(
+            spec, train=dataclasses.replace(spec.train, batch_size=batch_size)
+        )
     t = time.perf_counter()
     r = compile_task(spec, out, work_dir=work, force=True)
     m = r.manifest["metrics"]
@@ -167,18 +174,25 @@ def main() -> None:
     ap.add_argument("--demos", type=int, default=4)
     ap.add_argument("--skip-demos", action="store_true")
     ap.add_argument("--skip-plain", action="store_true")
+    ap.add_argument("--batch-size", type=int, help="train.batch_size (default: the example's)")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     tag = args.base or "default"
     if not args.skip_plain:
         work = args.work / f"plain-{tag}"
-        plain = compile_one(TASK / "kolm.yaml", args.base, work, args.work / f"plain-{tag}.kolm")
+        plain = compile_one(
+            TASK / "kolm.yaml", args.base, work, args.work / f"plain-{tag}.kolm", args.batch_size
+        )
         combo = product_with_floor(plain["spec"], work)
         print(json.dumps({"plain": {k: v for k, v in plain.items() if k != "spec"}, **combo}))
     if not args.skip_demos:
         spec_path, near = demos_task(args.demos, args.work / f"demos{args.demos}-task")
         demos = compile_one(
-            spec_path, args.base, args.work / f"demos-{tag}", args.work / f"demos-{tag}.kolm"
+            spec_path,
+            args.base,
+            args.work / f"demos-{tag}",
+            args.work / f"demos-{tag}.kolm",
+            args.batch_size,
         )
         shown = {k: v for k, v in demos.items() if k != "spec"}
         print(json.dumps({"demos": args.demos, **near, **shown}))

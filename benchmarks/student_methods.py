@@ -7,6 +7,8 @@ Compiles examples/support-tickets once per `train.method` into one work folder, 
 the SFT stage is trained once and every preference method continues the same SFT
 adapter. Prints, per method: held-out accuracy (llama.cpp), the TF-IDF floor on the
 same split, K, the preference stage's pairs and seconds, and the compile's wall time.
+`--batch-size 8` trains as the example did before 2026-12-06, when the figures in
+docs/benchmarks.md were taken.
 """
 
 from __future__ import annotations
@@ -21,7 +23,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(method: str, work: Path, out_dir: Path, steps: int | None, base: str | None) -> dict:
+def run(
+    method: str,
+    work: Path,
+    out_dir: Path,
+    steps: int | None,
+    base: str | None,
+    batch_size: int | None = None,
+) -> dict:
     from kolm.compiler import compile_task
     from kolm.spec import load_spec
 
@@ -29,6 +38,8 @@ def run(method: str, work: Path, out_dir: Path, steps: int | None, base: str | N
     train = dataclasses.replace(spec.train, method=method)
     if steps:
         train = dataclasses.replace(train, preference_steps=steps)
+    if batch_size:
+        train = dataclasses.replace(train, batch_size=batch_size)
     spec = dataclasses.replace(spec, train=train, **({"base": base} if base else {}))
     t = time.perf_counter()
     r = compile_task(spec, out_dir / f"tickets-{method}.kolm", work_dir=work, force=True)
@@ -57,10 +68,11 @@ def main() -> None:
     ap.add_argument("--preference-steps", type=int, default=None)
     ap.add_argument("--work", type=Path, default=Path("student-methods-work"))
     ap.add_argument("--base", help="a registered base name (default: the example's)")
+    ap.add_argument("--batch-size", type=int, help="train.batch_size (default: the example's)")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     for method in args.methods.split(","):
-        row = run(method, args.work, args.work, args.preference_steps, args.base)
+        row = run(method, args.work, args.work, args.preference_steps, args.base, args.batch_size)
         print(json.dumps(row), flush=True)
 
 

@@ -1,6 +1,7 @@
 """The shipped example's student and floor under k-fold cross-validation.
 
     .venv/bin/python benchmarks/tickets_cv.py                       # 5 folds, the shipped settings
+    .venv/bin/python benchmarks/tickets_cv.py --set batch_size=8    # the example's setting until 2026-12-06
     .venv/bin/python benchmarks/tickets_cv.py --instruction-file benchmarks/tickets_described.txt
     .venv/bin/python benchmarks/tickets_cv.py --base gemma3-270m --rows-out gemma-rows.jsonl
     .venv/bin/python benchmarks/tickets_cv.py --set lora_dropout=0.1
