@@ -635,5 +635,12 @@ def test_a_step_split_into_passes_trains_the_same_adapter_as_one_pass(
     before = torch.load(sft, weights_only=True)
     moved = max((one_pass[k] - before[k]).abs().max().item() for k in one_pass)
     assert moved > 1e-4  # the stage did train
+    # Adam divides each gradient element by its own magnitude, so an element whose gradient
+    # sits near Adam's eps turns summation-order noise (which differs between CPUs) into a
+    # visible fraction of the learning rate. So: no element apart by a tenth of a step, and
+    # nearly all of them equal to 1e-5 (a pass dropped would turn the signs of many).
+    lr = cfg.preference_learning_rate
     for k in one_pass:
-        torch.testing.assert_close(passes[k], one_pass[k], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(passes[k], one_pass[k], rtol=0, atol=lr / 10)
+    close = sum(((passes[k] - one_pass[k]).abs() <= 1e-5).sum().item() for k in one_pass)
+    assert close / sum(v.numel() for v in one_pass.values()) > 0.99
