@@ -8,6 +8,7 @@
     .venv/bin/python benchmarks/tickets_cv.py --rows-out rows.jsonl --label-scores
     .venv/bin/python benchmarks/tickets_cv.py --hard-negatives dpo
     .venv/bin/python benchmarks/tickets_cv.py --base gemma3-270m --grpo
+    .venv/bin/python benchmarks/tickets_cv.py --compare b8-rows.jsonl b4-rows.jsonl
 
 The compile scores the student on one split: 64 held-out rows, where one row is 1.6
 points and a 95% interval is about ±10 points wide. This scores every one of the 323
@@ -28,6 +29,9 @@ class probabilities, for comparing two runs row by row or combining student and 
 `--hard-negatives METHOD` adds a preference stage after SFT (`kolm.align`, the compile's
 code) with a pair for every training row: its label against the wrong label the SFT
 student scores highest on it. `--grpo` adds the compile's GRPO stage after SFT instead.
+`--compare A B` trains nothing: it reads two `--rows-out` files of the same folds and
+prints each one's accuracy per fold, the rows only one of them gets right and the exact
+McNemar p-value (B against A).
 """
 
 from __future__ import annotations
@@ -193,8 +197,59 @@ def run_fold(
     }
 
 
+def compare(a_path: Path, b_path: Path) -> dict:
+    """Two runs' rows files, row by row: the same folds must hold the same rows."""
+    from kolm.evaluate import paired_p_value
+
+    def load(path: Path) -> dict[tuple, list[bool]]:
+        out: dict[tuple, list[bool]] = defaultdict(list)
+        for line in path.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                # scored as run_fold scores it: the stripped, lowered answer is the label
+                out[r["fold"], r["input"], r["gold"]].append(r["student"] == r["gold"])
+        return out
+
+    a, b = load(a_path), load(b_path)
+    if {k: len(v) for k, v in a.items()} != {k: len(v) for k, v in b.items()}:
+        raise SystemExit(
+            f"{a_path} and {b_path} do not hold the same rows: compare runs of the same "
+            "--folds, --seed and --only"
+        )
+    gained = lost = 0
+    per_fold: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for key in sorted(a):
+        for x, y in zip(a[key], b[key], strict=True):
+            gained += y and not x
+            lost += x and not y
+            per_fold[key[0]][0] += x
+            per_fold[key[0]][1] += y
+            per_fold[key[0]][2] += 1
+    n = sum(f[2] for f in per_fold.values())
+    return {
+        "a": str(a_path),
+        "b": str(b_path),
+        "rows": n,
+        "a_accuracy": round(sum(f[0] for f in per_fold.values()) / n, 4),
+        "b_accuracy": round(sum(f[1] for f in per_fold.values()) / n, 4),
+        "a_per_fold": [per_fold[f][0] for f in sorted(per_fold)],
+        "b_per_fold": [per_fold[f][1] for f in sorted(per_fold)],
+        "rows_per_fold": [per_fold[f][2] for f in sorted(per_fold)],
+        "only_b": gained,
+        "only_a": lost,
+        "paired_p_value": round(paired_p_value(gained, lost), 4),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument(
+        "--compare",
+        nargs=2,
+        type=Path,
+        metavar=("A", "B"),
+        help="train nothing: compare two --rows-out files row by row",
+    )
     ap.add_argument("--spec", type=Path, default=TASK)
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
@@ -231,6 +286,9 @@ def main() -> None:
         help="after SFT, a GRPO stage with the verifier as reward (kolm.align.grpo)",
     )
     args = ap.parse_args()
+    if args.compare:
+        print(json.dumps(compare(*args.compare)))
+        return
 
     from kolm.basemodel import resolve
     from kolm.data import load_examples
