@@ -14,7 +14,8 @@ The compile scores the student on one split: 64 held-out rows, where one row is 
 points and a 95% interval is about ±10 points wide. This scores every one of the 323
 examples once instead: the rows are cut into `--folds` stratified folds (seed 0), and for
 each fold a student is trained on the others with the shipped example's `train`
-settings (the same code the compile runs: `kolm.train.train_lora`) and the TF-IDF floor
+settings, plus the spec's `train.per_base` entry for the base as a compile applies it
+and then the command line's (the same code the compile runs: `kolm.train.train_lora`), and the TF-IDF floor
 is fitted on the same rows (`kolm.floor`). The student's answers are greedy PyTorch
 decoding of the trained adapter, which agreed with llama.cpp on 64/64 held-out rows of
 this task (docs/benchmarks.md), so the figure is the one a compile would print.
@@ -296,6 +297,9 @@ def main() -> None:
     from kolm.spec import load_spec
 
     spec = load_spec(args.spec)
+    if args.base:
+        spec = dataclasses.replace(spec, base=args.base)
+    spec, _ = spec.on_its_base()  # the base's `train.per_base` entry, as compile applies it
     changes = {}
     if args.epochs is not None:
         changes["epochs"] = args.epochs
@@ -306,8 +310,6 @@ def main() -> None:
         current = getattr(spec.train, field)
         changes[field] = type(current)(value) if current is not None else int(value)
     spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, **changes))
-    if args.base:
-        spec = dataclasses.replace(spec, base=args.base)
     instruction = (
         args.instruction_file.read_text().strip() if args.instruction_file else spec.description
     )

@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,64 @@ def test_missing_spec_file(tmp_path):
 def test_spec_must_be_a_mapping(tmp_path):
     with pytest.raises(SpecError, match="mapping"):
         load_spec(_spec(tmp_path, "- a\n- b\n"))
+
+
+def test_train_per_base_overrides_fields_on_its_base_only(tmp_path):
+    """`train.per_base` gives one base its own settings: the entry for the compile's
+    base is applied over `train`, by registered name in any case or by a path that
+    resolves to the same file; another base's entry changes nothing."""
+    p = _spec(
+        tmp_path,
+        "name: t\ndescription: d\nexamples: ex.jsonl\nbase: models/m.gguf\n"
+        "train: {batch_size: 4, learning_rate: 0.002, per_base: {"
+        "gemma3-270m: {learning_rate: 1.0e-3}, ./models/../models/m.gguf: {batch_size: '8'}}}\n",
+    )
+    with pytest.raises(SpecError, match=r"batch_size must be int"):
+        load_spec(p)  # values are type-checked like train's own
+    p.write_text(p.read_text().replace("'8'", "8").replace("1.0e-3", "'1e-3'"))
+    spec = load_spec(p)
+    assert spec.train.per_base["gemma3-270m"] == {"learning_rate": 0.001}  # coerced
+    on_path, entry = spec.on_its_base()
+    assert entry == {"batch_size": 8} and on_path.train.batch_size == 8
+    assert on_path.train.learning_rate == 0.002 and on_path.train.per_base is None
+    gemma, entry = dataclasses.replace(spec, base="Gemma3-270M").on_its_base()
+    assert entry == {"learning_rate": 0.001}
+    assert (gemma.train.learning_rate, gemma.train.batch_size) == (0.001, 4)
+    smol, entry = dataclasses.replace(spec, base="smollm2-135m-instruct").on_its_base()
+    assert entry == {} and smol.train.settings() == spec.train.settings()
+    assert "per_base" not in spec.train.settings()
+    absolute = dataclasses.replace(spec, base=str(tmp_path / "models" / "m.gguf"))
+    assert absolute.on_its_base()[1] == {"batch_size": 8}
+
+
+def test_a_bad_train_per_base_entry_says_which_base_and_field(tmp_path):
+    p = _spec(
+        tmp_path,
+        "name: t\ndescription: d\nexamples: ex.jsonl\ntrain: {learning_rate: 2, per_base: {"
+        "gema-270m: {learning_rate: 0.1}, gemma3-270m: {learning_rate: 3, batch_size: 0, lr: 1},"
+        " smollm2-135m-instruct: {per_base: {}}, SmolLM2-135M-Instruct: {seed: 1},"
+        " x.gguf: 0.001, ./y.gguf: {learning_rate: 0.5}}}\n",
+    )
+    with pytest.raises(SpecError) as err:
+        load_spec(p)
+    problems = err.value.problems
+    assert any("'gema-270m' is not a base" in x and "gemma3-270m" in x for x in problems)
+    assert "unknown key train.per_base.gemma3-270m.'lr'" in "\n".join(problems)
+    assert "unknown key train.per_base.smollm2-135m-instruct.'per_base'" in "\n".join(problems)
+    assert "train.per_base[x.gguf] must be a mapping of train settings" in "\n".join(problems)
+    twice = "names one base twice: 'smollm2-135m-instruct' and 'SmolLM2-135M-Instruct'"
+    assert any(twice in x for x in problems)
+    # the main block's own problem is reported once, not again under each entry
+    assert problems.count("train.learning_rate must be between 0 and 1") == 1
+    assert not any("y.gguf" in x for x in problems)  # a good entry is not a problem
+    p.write_text(
+        "name: t\ndescription: d\nexamples: ex.jsonl\ntrain: {per_base: {"
+        "gemma3-270m: {learning_rate: 3, batch_size: 0}, ./y.gguf: {seed: 1}, y.gguf: {seed: 2}}}\n"
+    )
+    with pytest.raises(SpecError) as err:
+        load_spec(p)
+    problems = err.value.problems
+    assert "train.per_base.gemma3-270m.batch_size must be at least 1" in problems
+    assert "train.per_base.gemma3-270m.learning_rate must be between 0 and 1" in problems
+    assert any("names one base twice: './y.gguf' and 'y.gguf'" in x for x in problems)
+    assert len(problems) == 3

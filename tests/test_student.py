@@ -432,6 +432,75 @@ def test_base_auto_compiles_on_the_smallest_installed_rung_and_records_it(compil
     assert f"ladder rung {len(ladder)}: smollm2-135m-instruct" in shown.output
 
 
+def test_each_rung_trains_with_its_own_train_per_base_entry(compiled):
+    """Under `base: auto` a rung trains with `train` plus its `train.per_base` entry.
+    The entry is what the adapter's cache key sees (a changed rate is a new adapter,
+    the same rate the cached one), and the log, manifest and report name it; an entry
+    for another base changes nothing."""
+    from kolm.compiler import prepare, training_key
+
+    spec = compiled["spec"]
+    own = {"smollm2-135m-instruct": {"learning_rate": spec.train.learning_rate}}
+    per_base = {**own, "gemma3-270m": {"learning_rate": spec.train.learning_rate / 2}}
+    auto = dataclasses.replace(
+        spec, base="auto", train=dataclasses.replace(spec.train, per_base=per_base)
+    )
+    lines: list[str] = []
+    out = compiled["root"] / "per-base.kolm"
+    result = compile_task(auto, out, progress=False, log=lines.append)
+    assert result.cached_training  # the same settings in effect: the same adapter
+    assert result.manifest["metrics"]["train"]["per_base"] == own
+    rate = spec.train.learning_rate
+    assert f"kolm: train.per_base: smollm2-135m-instruct trains with learning_rate {rate}" in lines
+    report = (compiled["root"] / "per-base.report.md").read_text()
+    assert (
+        f"| settings for smollm2-135m-instruct (train.per_base) | learning_rate {rate} |" in report
+    )
+    config = open_artifact(result.artifact).read_json("config.json")
+    assert "per_base" not in config["train"] and config["train"]["learning_rate"] == rate
+    from kolm.cli.compile import _train_rows  # the compile summary's rows
+
+    summary = _train_rows(result.manifest["metrics"]["train"])
+    assert ("train.per_base (smollm2-135m-instruct)", f"learning_rate {rate}") in summary
+
+    def key(per_base: dict) -> str:
+        with_entry = dataclasses.replace(spec.train, per_base=per_base)
+        trained = dataclasses.replace(spec, train=with_entry).on_its_base()[0]
+        return training_key(prepare(trained), "a base sha")
+
+    slower = {"smollm2-135m-instruct": {"learning_rate": rate / 2}}
+    assert key(slower) != key({}) == key(own) == key({"gemma3-270m": {"learning_rate": rate / 2}})
+
+
+def test_a_ladder_path_rung_gets_the_per_base_entry_written_for_its_path(tmp_path):
+    """The ladder hands each rung the spec with `per_base` intact; a key written as a
+    relative path finds the rung listed by its absolute path."""
+    from kolm.errors import GateError
+    from kolm.ladder import compile_ladder, rung_record
+
+    task = tmp_path / "task"
+    (task / "models").mkdir(parents=True)
+    gguf = task / "models" / "big.gguf"
+    gguf.symlink_to(resolve("smollm2-135m-instruct").gguf)  # a rung of its own name
+    root = write_toy_task(task, extra=f"ladder: [{gguf}]\n")
+    entry = "per_base: {./models/big.gguf: {learning_rate: 0.0005}}"
+    root.write_text(root.read_text().replace("max_seq_len: 96}", f"max_seq_len: 96, {entry}}}"))
+    spec = dataclasses.replace(load_spec(root), base="auto")
+    rates: dict[str, float] = {}
+
+    def fake_compile(rung, out, log, force, ladder, **kw):  # only the path rung passes
+        rates[rung.base] = rung.on_its_base()[0].train.learning_rate
+        ok = rung.base == str(gguf)
+        ladder.append(rung_record(rung.base, "x", 0.9 if ok else 0.5, ok, 0.5))
+        if not ok and not force:
+            raise GateError("not shipped")
+        return list(ladder)
+
+    compile_ladder(spec, tmp_path / "x.kolm", lambda m: None, False, fake_compile)
+    assert rates[str(gguf)] == 0.0005
+    assert rates["smollm2-135m-instruct"] == 0.002
+
+
 def test_a_rung_below_the_tfidf_floor_fails_the_ladder_when_beat_floor_is_set(tmp_path):
     """`gate.beat_floor` is parsed from the spec, and a rung whose only failure is the
     floor makes `base: auto` climb; the log and the record say why."""

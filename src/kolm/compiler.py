@@ -230,7 +230,7 @@ def sft_config(p: Prepared) -> dict:
     """The train config the SFT stage depends on (not the preference stage's fields)."""
     from kolm.spec import PREFERENCE_FIELDS
 
-    return {k: v for k, v in dataclasses.asdict(p.spec.train).items() if k not in PREFERENCE_FIELDS}
+    return {k: v for k, v in p.spec.train.settings().items() if k not in PREFERENCE_FIELDS}
 
 
 def compile_task(
@@ -265,6 +265,10 @@ def compile_task(
             cache_path=cache_path,
             extra_inputs=extra_inputs,
         )
+    spec, per_base = spec.on_its_base()
+    if per_base:
+        settings = ", ".join(f"{k} {v}" for k, v in per_base.items())
+        log(f"kolm: train.per_base: {spec.base} trains with {settings}")
     timings: dict[str, float] = {}
     t = time.perf_counter()
     p = prepare(spec, extra_inputs or [])
@@ -308,6 +312,8 @@ def compile_task(
     adapter = work / "adapter.gguf"
     if spec.train.method != "sft":
         adapter, train_info = _align_stage(p, work, train_info, report, progress, log)
+    if per_base:  # the manifest and report say which settings were this base's own
+        train_info = {**train_info, "per_base": {spec.base: per_base}}
     _check_cached_answers(p, train_info, _torch_rows(train_info, len(p.heldout)))
     _requantize_cached_adapter(p, adapter, log)
     timings["train"] = time.perf_counter() - t
@@ -451,7 +457,7 @@ def _align_stage(
 
     key = {"sft": work.name, "pairs": report.preference_pairs() if report else []}
     key["stage"] = STAGE_VERSION
-    key |= {k: v for k, v in dataclasses.asdict(cfg).items() if k not in sft_config(p)}
+    key |= {k: v for k, v in cfg.settings().items() if k not in sft_config(p)}
     folder = work / f"{cfg.method}-{hashlib.sha256(canonical_json(key)).hexdigest()[:12]}"
     if (folder / "done.json").is_file():
         info = _load_json(folder / "done.json")
@@ -978,7 +984,7 @@ def _write_parts(
         "instruction": p.spec.description,
         "prompt_format": p.fmt.to_dict(),
         "decoding": decoding.to_dict(),
-        "train": dataclasses.asdict(p.spec.train),
+        "train": p.spec.train.settings(),
         "output_kind": p.output_kind,
         "labels": p.labels,
     }

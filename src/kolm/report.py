@@ -246,6 +246,9 @@ def _sections(m: dict, details: dict) -> list[tuple[str, list[str], list[list[st
 def _train_rows(t: dict) -> list[list[str]]:
     """How the student was trained: method, throughput, the preference stage's settings."""
     rows = [["training method", t.get("method", "sft")]]
+    for base, entry in (t.get("per_base") or {}).items():
+        settings = ", ".join(f"{k} {v}" for k, v in entry.items())
+        rows.append([f"settings for {base} (train.per_base)", settings])
     if "tokens_per_second" in t:
         rows.append(["SFT tokens/s", train_speed(t)])
     pref = t.get("preference")

@@ -24,6 +24,8 @@ TRAIN_METHODS = ("sft", "dpo", "orpo", "kto", "simpo", "grpo")
 """`train.method`: SFT alone, or SFT then a preference stage or GRPO (kolm.align)."""
 PREFERENCE_FIELDS = ("method", "preference_steps", "preference_learning_rate", "beta")
 """TrainConfig fields the SFT stage does not depend on (its cache key leaves them out)."""
+PER_BASE = "per_base"
+"""The TrainConfig field that holds other fields' values for one base (never trained on)."""
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -66,6 +68,22 @@ class TrainConfig:
     """Peak learning rate of the preference stage."""
     beta: float = 0.1
     """Preference strength (DPO/KTO: KL penalty; ORPO: odds-ratio weight; SimPO: reward scale)."""
+    per_base: dict | None = None
+    """Settings for one base only, over the ones above: `{base: {field: value}}`, keyed
+    by a registered base name or a `.gguf` path as the spec writes it under `base:` or
+    `ladder:`. Under `base: auto` each rung trains with its own entry, e.g.
+    `per_base: {gemma3-270m: {learning_rate: 0.001}}`."""
+
+    def settings(self) -> dict[str, Any]:
+        """The fields training reads, as a JSON-ready dict (`per_base` left out)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != PER_BASE}
+
+    def for_base(self, base: str, where: Path | None = None) -> tuple[TrainConfig, dict]:
+        """The settings a compile on `base` trains with, and the `per_base` entry that
+        changed them ({} when none names this base). `where` is the spec's folder, for
+        keys that are paths."""
+        entry = next((v for k, v in (self.per_base or {}).items() if same_base(k, base, where)), {})
+        return dataclasses.replace(self, **entry, per_base=None), dict(entry)
 
     def check(self) -> list[str]:
         problems = []
@@ -340,6 +358,13 @@ class TaskSpec:
             problems.append(f"quantize must be one of {', '.join(QUANTIZE_CHOICES)}")
         return problems + self.train.check() + self.run.check() + self.verifier.check()
 
+    def on_its_base(self) -> tuple[TaskSpec, dict]:
+        """This spec with the `train.per_base` entry for its own base applied, and that
+        entry ({} when there is none)."""
+        where = self.spec_path.parent if self.spec_path else None
+        train, entry = self.train.for_base(self.base, where)
+        return dataclasses.replace(self, train=train), entry
+
     def _check_corpus(self) -> list[str]:
         from kolm.errors import RecallError
         from kolm.recall.index import collect
@@ -375,6 +400,67 @@ def load_spec(path: str | Path, **overrides: Any) -> TaskSpec:
         raise SpecError(problems, source=str(path))
     assert spec is not None
     return spec
+
+
+def _pathlike(base: str) -> bool:
+    return "/" in base or "\\" in base or base.endswith(".gguf") or base.startswith("~")
+
+
+def same_base(key: str, base: str, where: Path | None) -> bool:
+    """Whether a `train.per_base` key names `base`: the same registered name (any case),
+    or two paths to the same file once made absolute against the spec's folder."""
+    if key.lower() == base.lower():
+        return True
+    if not (_pathlike(key) and _pathlike(base)):
+        return False
+    root = where or Path.cwd()
+    return (root / Path(key).expanduser()).resolve() == (root / Path(base).expanduser()).resolve()
+
+
+def _per_base(train: TrainConfig, where: str, base_dir: Path, problems: list[str]) -> dict:
+    """`train.per_base` checked: each key a base, each entry TrainConfig fields whose
+    values pass the same checks as `train`'s own. Returns the entries with their values
+    coerced (a `1e-3` string becomes a float); bad entries are left out."""
+    from kolm.basemodel import known_bases
+
+    hints = typing.get_type_hints(TrainConfig)
+    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name != PER_BASE]
+    out: dict[str, dict] = {}
+    seen: list[str] = []
+    for key, entry in (train.per_base or {}).items():
+        at = f"{where}[{key}]" if isinstance(key, str) and _pathlike(key) else f"{where}.{key}"
+        if not isinstance(key, str) or not (key.lower() in known_bases() or _pathlike(key)):
+            problems.append(
+                f"{where}: {key!r} is not a base: name one of {', '.join(known_bases())}, "
+                "or a .gguf path (a folder as ./name)"
+            )
+            continue
+        twin = next((k for k in seen if same_base(k, key, base_dir)), None)
+        seen.append(key)
+        if twin is not None:
+            problems.append(f"{where} names one base twice: {twin!r} and {key!r}; keep one")
+            continue
+        if not isinstance(entry, dict) or not entry:
+            problems.append(
+                f"{at} must be a mapping of train settings, e.g. {{learning_rate: 0.001}}"
+            )
+            continue
+        values = {}
+        for name, value in entry.items():
+            if name not in names:
+                problems.append(f"unknown key {at}.{name!r}; known keys: {', '.join(names)}")
+                continue
+            ok, value = _coerce(value, hints[name], f"{at}.{name}", base_dir, problems)
+            if ok:
+                values[name] = value
+        if len(values) < len(entry):
+            continue
+        merged = dataclasses.replace(train, **values, per_base=None).check()
+        checked = [p for p in merged if any(f"train.{name} " in p for name in values)]
+        problems += [p.replace("train.", f"{at}.") for p in checked]
+        if not checked:
+            out[key] = values
+    return out
 
 
 def spec_to_dict(spec: TaskSpec) -> dict[str, Any]:
@@ -439,6 +525,9 @@ def _coerce(value: Any, hint: Any, where: str, base_dir: Path, problems: list[st
             problems.append(f"{where} must be a mapping")
             return False, None
         built = _build(hint, value, f"{where}.", base_dir, problems)
+        if hint is TrainConfig and built is not None and built.per_base is not None:
+            entries = _per_base(built, f"{where}.per_base", base_dir, problems)
+            built = dataclasses.replace(built, per_base=entries)
         return built is not None, built
     if hint is dict or origin is dict:
         if not isinstance(value, dict):
