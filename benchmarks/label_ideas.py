@@ -103,9 +103,7 @@ def compile_one(
     if base:
         spec = dataclasses.replace(spec, base=base)
     if batch_size:
-        spec = dataclasses.replace(
-            spec, train=dataclasses.replace(spec.train, batch_size=batch_size)
-        )
+        spec = dataclasses.replace(spec, train=spec.train.with_settings(batch_size=batch_size))
     t = time.perf_counter()
     r = compile_task(spec, out, work_dir=work, force=True)
     m = r.manifest["metrics"]

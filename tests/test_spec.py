@@ -99,33 +99,75 @@ def test_train_per_base_overrides_fields_on_its_base_only(tmp_path):
 
 
 def test_a_bad_train_per_base_entry_says_which_base_and_field(tmp_path):
+    (tmp_path / "y.gguf").write_bytes(b"")
     p = _spec(
         tmp_path,
-        "name: t\ndescription: d\nexamples: ex.jsonl\ntrain: {learning_rate: 2, per_base: {"
+        "name: t\ndescription: d\nexamples: ex.jsonl\nbase: y.gguf\n"
+        "train: {learning_rate: 2, per_base: {"
         "gema-270m: {learning_rate: 0.1}, gemma3-270m: {learning_rate: 3, batch_size: 0, lr: 1},"
         " smollm2-135m-instruct: {per_base: {}}, SmolLM2-135M-Instruct: {seed: 1},"
-        " x.gguf: 0.001, ./y.gguf: {learning_rate: 0.5}}}\n",
+        " ./modles/y.gguf: {seed: 2}, ./y.gguf: 0.001}}\n",
     )
     with pytest.raises(SpecError) as err:
         load_spec(p)
     problems = err.value.problems
-    assert any("'gema-270m' is not a base" in x and "gemma3-270m" in x for x in problems)
-    assert "unknown key train.per_base.gemma3-270m.'lr'" in "\n".join(problems)
-    assert "unknown key train.per_base.smollm2-135m-instruct.'per_base'" in "\n".join(problems)
-    assert "train.per_base[x.gguf] must be a mapping of train settings" in "\n".join(problems)
-    twice = "names one base twice: 'smollm2-135m-instruct' and 'SmolLM2-135M-Instruct'"
-    assert any(twice in x for x in problems)
+    text = "\n".join(problems)
+    assert "train.per_base[gema-270m] names no base of this spec" in text
+    assert "not a registered base (gemma3-270m, smollm2-135m-instruct)" in text
+    assert "train.per_base[./modles/y.gguf] names no base of this spec" in text  # a typo'd path
+    assert "unknown key train.per_base.gemma3-270m.'lr'" in text
+    assert "unknown key train.per_base.smollm2-135m-instruct.'per_base'" in text
+    assert "train.per_base[./y.gguf] must be a mapping of train settings" in text
+    assert "names one base twice: 'smollm2-135m-instruct' and 'SmolLM2-135M-Instruct'" in text
     # the main block's own problem is reported once, not again under each entry
     assert problems.count("train.learning_rate must be between 0 and 1") == 1
-    assert not any("y.gguf" in x for x in problems)  # a good entry is not a problem
     p.write_text(
-        "name: t\ndescription: d\nexamples: ex.jsonl\ntrain: {per_base: {"
-        "gemma3-270m: {learning_rate: 3, batch_size: 0}, ./y.gguf: {seed: 1}, y.gguf: {seed: 2}}}\n"
+        "name: t\ndescription: d\nexamples: ex.jsonl\nladder: [./y.gguf]\n"
+        "train: {preference_steps: 0, per_base: {gemma3-270m: {learning_rate: 3, batch_size: 0,"
+        " preference_learning_rate: 0.1}, y.gguf: {seed: 1}, ./Y.gguf: {seed: 3}}}\n"
     )
     with pytest.raises(SpecError) as err:
         load_spec(p)
-    problems = err.value.problems
-    assert "train.per_base.gemma3-270m.batch_size must be at least 1" in problems
-    assert "train.per_base.gemma3-270m.learning_rate must be between 0 and 1" in problems
-    assert any("names one base twice: './y.gguf' and 'y.gguf'" in x for x in problems)
-    assert len(problems) == 3
+    assert sorted(err.value.problems) == sorted(
+        [
+            "train.preference_steps must be at least 1",  # the main block's, not the entry's
+            "train.per_base.gemma3-270m.batch_size must be at least 1",
+            "train.per_base.gemma3-270m.learning_rate must be between 0 and 1",
+            # paths are case-sensitive: ./Y.gguf is another file, and not this spec's
+            "train.per_base[./Y.gguf] names no base of this spec: it is not a registered base "
+            "(gemma3-270m, smollm2-135m-instruct), nor the file or folder of `base:` or a "
+            "`ladder:` entry; correct it or remove the entry",
+        ]
+    )
+
+
+def test_a_folder_base_and_its_per_base_entry_match_however_the_path_is_written(tmp_path):
+    (tmp_path / "gdir").mkdir()
+    p = _spec(
+        tmp_path,
+        "name: t\ndescription: d\nexamples: ex.jsonl\nbase: gdir\n"
+        "train: {per_base: {./gdir/: {learning_rate: 0.001}}}\n",
+    )
+    spec = load_spec(p)
+    assert spec.on_its_base()[1] == {"learning_rate": 0.001}
+    assert dataclasses.replace(spec, base=str(tmp_path / "gdir")).on_its_base()[1]
+    assert hash(spec.train) == hash(dataclasses.replace(spec.train, per_base=None))
+
+
+def test_an_override_of_train_wins_over_every_per_base_entry(tmp_path):
+    """`--steps` (kolm.api.load_task) and a job's `steps` option set a field for every
+    base: it is taken out of each entry, which keeps its other settings."""
+    from kolm.api import load_task
+
+    p = _spec(
+        tmp_path,
+        "name: t\ndescription: d\nexamples: ex.jsonl\nbase: gemma3-270m\n"
+        "train: {steps: 100, per_base: {gemma3-270m: {steps: 400, learning_rate: 0.001},"
+        " smollm2-135m-instruct: {steps: 300}}}\n",
+    )
+    assert load_spec(p).on_its_base()[0].train.steps == 400
+    task = load_task(p, steps=5)
+    trained, entry = task.on_its_base()
+    assert (trained.train.steps, trained.train.learning_rate) == (5, 0.001)
+    assert entry == {"learning_rate": 0.001}
+    assert task.train.per_base == {"gemma3-270m": {"learning_rate": 0.001}}

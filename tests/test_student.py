@@ -403,6 +403,36 @@ def test_when_every_rung_fails_force_ships_the_best_rung_not_the_last(tmp_path):
         compile_ladder(spec, tmp_path / "y.kolm", lines.append, False, fake_compile)
 
 
+def test_force_compiles_a_best_path_rung_again_by_its_path_not_its_record_name(tmp_path):
+    """A `.gguf` rung's record names the file's stem, which no base resolves to; when
+    every rung fails and that rung scored best, --force compiles it again by its path."""
+    from pathlib import Path
+
+    from kolm.errors import GateError
+    from kolm.ladder import compile_ladder, rung_record
+
+    gguf, last = tmp_path / "models" / "best.gguf", tmp_path / "models" / "last.gguf"
+    gguf.parent.mkdir()
+    for rung in (gguf, last):
+        rung.symlink_to(resolve("smollm2-135m-instruct").gguf)
+    spec = load_spec(write_toy_task(tmp_path / "task", extra=f"ladder: [{gguf}, {last}]\n"))
+    spec = dataclasses.replace(spec, base="auto")
+    tried: list[str] = []
+
+    def fake_compile(rung, out, log, force, ladder, **kw):  # as compile_task records a rung
+        tried.append(rung.base)
+        resolved = resolve(rung.base)
+        k = 0.6 if rung.base == str(gguf) else 0.5
+        ladder.append(rung_record(resolved.name, "x", k, False, k, ["below"]))
+        if not force:
+            raise GateError("not shipped")
+        return list(ladder)
+
+    record = compile_ladder(spec, tmp_path / "x.kolm", lambda m: None, True, fake_compile)
+    assert tried[-2:] == [str(last), str(gguf)]  # the last rung forced, then the best again
+    assert record[-1]["base"] == "best" and Path(tried[-1]).stem == "best"
+
+
 def test_base_auto_compiles_on_the_smallest_installed_rung_and_records_it(compiled):
     spec = dataclasses.replace(compiled["spec"], base="auto")
     lines: list[str] = []
@@ -450,6 +480,7 @@ def test_each_rung_trains_with_its_own_train_per_base_entry(compiled):
     result = compile_task(auto, out, progress=False, log=lines.append)
     assert result.cached_training  # the same settings in effect: the same adapter
     assert result.manifest["metrics"]["train"]["per_base"] == own
+    assert result.manifest["ladder"][-1]["per_base"] == own["smollm2-135m-instruct"]
     rate = spec.train.learning_rate
     assert f"kolm: train.per_base: smollm2-135m-instruct trains with learning_rate {rate}" in lines
     report = (compiled["root"] / "per-base.report.md").read_text()

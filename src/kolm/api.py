@@ -238,7 +238,7 @@ def load_task(
 
     task = load_spec(spec)
     if steps is not None:
-        task = dataclasses.replace(task, train=dataclasses.replace(task.train, steps=steps))
+        task = dataclasses.replace(task, train=task.train.with_settings(steps=steps))
     if teacher is not None:
         t = task.teacher or TeacherConfig(model=teacher)
         task = dataclasses.replace(task, teacher=dataclasses.replace(t, model=teacher))

@@ -38,7 +38,7 @@ from kolm.recall.ground import INDEX_PART, Grounder
 from kolm.recall.index import IndexReport
 from kolm.report import write_reports
 from kolm.runtime import PROBE_CACHE, Decoding, Student, llama_cpp_version
-from kolm.spec import TaskSpec, TeacherConfig
+from kolm.spec import TaskSpec, TeacherConfig, describe_settings
 from kolm.verifier import Verifier, check_seeds, label_shortfall, synthesize
 
 Log = Callable[[str], None]
@@ -267,8 +267,7 @@ def compile_task(
         )
     spec, per_base = spec.on_its_base()
     if per_base:
-        settings = ", ".join(f"{k} {v}" for k, v in per_base.items())
-        log(f"kolm: train.per_base: {spec.base} trains with {settings}")
+        log(f"kolm: train.per_base: {spec.base} trains with {describe_settings(per_base)}")
     timings: dict[str, float] = {}
     t = time.perf_counter()
     p = prepare(spec, extra_inputs or [])
@@ -362,9 +361,10 @@ def compile_task(
         from kolm.ladder import rung_record
 
         acc = metrics["student"]["accuracy"]
-        ladder.append(
-            rung_record(p.base.name, p.base.license, score.K, verdict.passed, acc, verdict.reasons)
+        record = rung_record(
+            p.base.name, p.base.license, score.K, verdict.passed, acc, verdict.reasons
         )
+        ladder.append(record | ({"per_base": per_base} if per_base else {}))
         manifest["ladder"] = list(ladder)
     details = {"heldout": ev["rows"], "latencies_s": ev["latencies_s"]}
     report_path = write_reports(Path(out), manifest, details)

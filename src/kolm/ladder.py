@@ -51,6 +51,8 @@ def compile_ladder(
         )
     last = None
     i = 0
+    spelled: dict[int, str] = {}  # record -> the rung as the spec names it (a path's
+    # record holds the file's stem, which `resolve` cannot find again)
     for j, (name, missing) in enumerate(ladder):
         if missing is not None:  # recorded where the climb reaches it, never ahead of it
             log(_skipping(name, missing))
@@ -66,10 +68,12 @@ def compile_ladder(
         try:
             result = compile_fn(rung, out, log=log, force=force and final, ladder=climbed, **kw)
         except GateError as e:
+            spelled[id(climbed[-1])] = name
             last = e
             why = "; ".join(climbed[-1].get("reasons") or [f"K {climbed[-1]['K']:.3f}"])
             log(f"kolm: ladder: {name} failed the gate ({why}); climbing")
             continue
+        spelled[id(climbed[-1])] = name
         best = _best(climbed)
         if climbed[-1]["passed"] or best is climbed[-1]:
             return result
@@ -77,7 +81,7 @@ def compile_ladder(
             f"kolm: ladder: every rung failed the gate; shipping the best, {best['base']} "
             f"(K {best['K']:.3f} against {climbed[-1]['K']:.3f}), under --force"
         )
-        again = dataclasses.replace(spec, base=best["base"])
+        again = dataclasses.replace(spec, base=spelled[id(best)])
         rest = [r for r in climbed if r is not best]
         return compile_fn(again, out, log=log, force=True, ladder=rest, **kw)
     assert last is not None

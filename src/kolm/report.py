@@ -13,6 +13,7 @@ import io
 from pathlib import Path
 
 from kolm.kscore import FORMULAS, NAMES, WEIGHTS, formula_of, shortfall
+from kolm.spec import describe_settings
 
 MAX_ERRORS = 15
 
@@ -247,8 +248,7 @@ def _train_rows(t: dict) -> list[list[str]]:
     """How the student was trained: method, throughput, the preference stage's settings."""
     rows = [["training method", t.get("method", "sft")]]
     for base, entry in (t.get("per_base") or {}).items():
-        settings = ", ".join(f"{k} {v}" for k, v in entry.items())
-        rows.append([f"settings for {base} (train.per_base)", settings])
+        rows.append([f"settings for {base} (train.per_base)", describe_settings(entry)])
     if "tokens_per_second" in t:
         rows.append(["SFT tokens/s", train_speed(t)])
     pref = t.get("preference")

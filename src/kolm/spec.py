@@ -68,11 +68,11 @@ class TrainConfig:
     """Peak learning rate of the preference stage."""
     beta: float = 0.1
     """Preference strength (DPO/KTO: KL penalty; ORPO: odds-ratio weight; SimPO: reward scale)."""
-    per_base: dict | None = None
+    per_base: dict | None = field(default=None, hash=False)
     """Settings for one base only, over the ones above: `{base: {field: value}}`, keyed
-    by a registered base name or a `.gguf` path as the spec writes it under `base:` or
-    `ladder:`. Under `base: auto` each rung trains with its own entry, e.g.
-    `per_base: {gemma3-270m: {learning_rate: 0.001}}`."""
+    by a registered base name or by the path `base:` or a `ladder:` entry gives (a
+    `.gguf` file or a folder). Under `base: auto` each rung trains with its own entry,
+    e.g. `per_base: {gemma3-270m: {learning_rate: 0.001}}`."""
 
     def settings(self) -> dict[str, Any]:
         """The fields training reads, as a JSON-ready dict (`per_base` left out)."""
@@ -85,15 +85,26 @@ class TrainConfig:
         entry = next((v for k, v in (self.per_base or {}).items() if same_base(k, base, where)), {})
         return dataclasses.replace(self, **entry, per_base=None), dict(entry)
 
+    def with_settings(self, **changes: Any) -> TrainConfig:
+        """These settings on every base: set in `train` and taken out of each `per_base`
+        entry, so an override from the command line or a job's options wins on every rung."""
+        if self.per_base is None:
+            return dataclasses.replace(self, **changes)
+        entries = {
+            k: {f: v for f, v in e.items() if f not in changes} if isinstance(e, dict) else e
+            for k, e in self.per_base.items()
+        }
+        entries = {k: e for k, e in entries.items() if e != {}}
+        return dataclasses.replace(self, **changes, per_base=entries)
+
     def check(self) -> list[str]:
         problems = []
         if self.method not in TRAIN_METHODS:
             problems.append(f"train.method must be one of {', '.join(TRAIN_METHODS)}")
-        if self.preference_steps < 1 or not 0 < self.preference_learning_rate < 1:
-            problems.append(
-                "train.preference_steps must be at least 1 and "
-                "train.preference_learning_rate between 0 and 1"
-            )
+        if self.preference_steps < 1:
+            problems.append("train.preference_steps must be at least 1")
+        if not 0 < self.preference_learning_rate < 1:
+            problems.append("train.preference_learning_rate must be between 0 and 1")
         if self.beta <= 0:
             problems.append("train.beta must be positive")
         if self.steps is not None and self.steps < 1:
@@ -111,6 +122,34 @@ class TrainConfig:
             problems.append("train.device must be one of auto, cpu, cuda")
         if not self.target_modules:
             problems.append("train.target_modules must name at least one layer")
+        return problems + self._check_per_base()
+
+    def _check_per_base(self) -> list[str]:
+        """Each entry a mapping of known settings whose values pass `train`'s own checks.
+        (Whether each key names a base of the spec is `TaskSpec.check`'s to say.)"""
+        if self.per_base is None:
+            return []
+        if not isinstance(self.per_base, dict):
+            return ["train.per_base must be a mapping of bases to train settings"]
+        names = [f.name for f in dataclasses.fields(self) if f.name != PER_BASE]
+        problems = []
+        for key, entry in self.per_base.items():
+            at = _entry_name(key)
+            if not isinstance(entry, dict) or not entry:
+                problems.append(
+                    f"{at} must be a mapping of train settings, e.g. {{learning_rate: 0.001}}"
+                )
+                continue
+            unknown = [n for n in entry if n not in names]
+            problems += [f"unknown key {at}.{n!r}; known keys: {', '.join(names)}" for n in unknown]
+            if unknown:
+                continue
+            merged = dataclasses.replace(self, **entry, per_base=None).check()
+            problems += [  # every message names one field: report those the entry sets
+                m.replace("train.", f"{at}.", 1)
+                for m in merged
+                if m.split()[0].removeprefix("train.") in entry
+            ]
         return problems
 
 
@@ -356,7 +395,36 @@ class TaskSpec:
             problems += self.recall.check() + self._check_corpus()
         if self.quantize not in QUANTIZE_CHOICES:
             problems.append(f"quantize must be one of {', '.join(QUANTIZE_CHOICES)}")
-        return problems + self.train.check() + self.run.check() + self.verifier.check()
+        problems += self.train.check() + self._check_per_base_keys()
+        return problems + self.run.check() + self.verifier.check()
+
+    def _check_per_base_keys(self) -> list[str]:
+        """Each `train.per_base` key names a registered base, or the same file or folder
+        as `base:` or a `ladder:` entry; no base is named twice."""
+        from kolm.basemodel import known_bases
+
+        where = self.spec_path.parent if self.spec_path else None
+        ours = [b for b in (self.base, *self.ladder) if b != "auto"]
+        problems, seen = [], []
+        for key in self.train.per_base or {}:
+            if not isinstance(key, str) or not key.strip():
+                problems.append(f"train.per_base: {key!r} is not a base name or path")
+                continue
+            twin = next((k for k in seen if same_base(k, key, where)), None)
+            seen.append(key)
+            if twin is not None:
+                problems.append(
+                    f"train.per_base names one base twice: {twin!r} and {key!r}; keep one"
+                )
+            elif key.lower() not in known_bases() and not any(
+                same_base(key, b, where) for b in ours
+            ):
+                problems.append(
+                    f"{_entry_name(key)} names no base of this spec: it is not a registered "
+                    f"base ({', '.join(known_bases())}), nor the file or folder of `base:` or "
+                    "a `ladder:` entry; correct it or remove the entry"
+                )
+        return problems
 
     def on_its_base(self) -> tuple[TaskSpec, dict]:
         """This spec with the `train.per_base` entry for its own base applied, and that
@@ -402,63 +470,55 @@ def load_spec(path: str | Path, **overrides: Any) -> TaskSpec:
     return spec
 
 
-def _pathlike(base: str) -> bool:
-    return "/" in base or "\\" in base or base.endswith(".gguf") or base.startswith("~")
+def _registered(name: str) -> bool:
+    from kolm.basemodel import known_bases
+
+    return name.lower() in known_bases()
+
+
+def _entry_name(key: object) -> str:
+    """How a problem names a `train.per_base` entry: by name, or a path in brackets."""
+    return f"train.per_base.{key}" if _registered(str(key)) else f"train.per_base[{key}]"
 
 
 def same_base(key: str, base: str, where: Path | None) -> bool:
     """Whether a `train.per_base` key names `base`: the same registered name (any case),
-    or two paths to the same file once made absolute against the spec's folder."""
-    if key.lower() == base.lower():
-        return True
-    if not (_pathlike(key) and _pathlike(base)):
-        return False
+    or the same file or folder once both are made absolute against the spec's folder."""
+    if _registered(key) or _registered(base):
+        return key.lower() == base.lower()
     root = where or Path.cwd()
     return (root / Path(key).expanduser()).resolve() == (root / Path(base).expanduser()).resolve()
 
 
-def _per_base(train: TrainConfig, where: str, base_dir: Path, problems: list[str]) -> dict:
-    """`train.per_base` checked: each key a base, each entry TrainConfig fields whose
-    values pass the same checks as `train`'s own. Returns the entries with their values
-    coerced (a `1e-3` string becomes a float); bad entries are left out."""
-    from kolm.basemodel import known_bases
+def describe_settings(entry: dict) -> str:
+    """`learning_rate 0.001, target_modules q_proj v_proj`: an entry for a log line."""
+    return ", ".join(
+        f"{k} {' '.join(map(str, v)) if isinstance(v, list | tuple) else v}"
+        for k, v in entry.items()
+    )
 
+
+def _per_base(raw: dict, base_dir: Path, problems: list[str]) -> dict:
+    """`train.per_base` as read: each entry's values coerced to their fields' types (a
+    `1e-3` string becomes a float). An entry with a value of the wrong type is reported
+    here and left out; everything else is `TrainConfig.check`'s and `TaskSpec.check`'s."""
     hints = typing.get_type_hints(TrainConfig)
-    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name != PER_BASE]
-    out: dict[str, dict] = {}
-    seen: list[str] = []
-    for key, entry in (train.per_base or {}).items():
-        at = f"{where}[{key}]" if isinstance(key, str) and _pathlike(key) else f"{where}.{key}"
-        if not isinstance(key, str) or not (key.lower() in known_bases() or _pathlike(key)):
-            problems.append(
-                f"{where}: {key!r} is not a base: name one of {', '.join(known_bases())}, "
-                "or a .gguf path (a folder as ./name)"
-            )
+    out = {}
+    for key, entry in raw.items():
+        if not isinstance(entry, dict):
+            out[key] = entry
             continue
-        twin = next((k for k in seen if same_base(k, key, base_dir)), None)
-        seen.append(key)
-        if twin is not None:
-            problems.append(f"{where} names one base twice: {twin!r} and {key!r}; keep one")
-            continue
-        if not isinstance(entry, dict) or not entry:
-            problems.append(
-                f"{at} must be a mapping of train settings, e.g. {{learning_rate: 0.001}}"
-            )
-            continue
-        values = {}
+        values, ok = {}, True
         for name, value in entry.items():
-            if name not in names:
-                problems.append(f"unknown key {at}.{name!r}; known keys: {', '.join(names)}")
+            if name == PER_BASE or name not in hints:
+                values[name] = value  # reported as an unknown key
                 continue
-            ok, value = _coerce(value, hints[name], f"{at}.{name}", base_dir, problems)
-            if ok:
-                values[name] = value
-        if len(values) < len(entry):
-            continue
-        merged = dataclasses.replace(train, **values, per_base=None).check()
-        checked = [p for p in merged if any(f"train.{name} " in p for name in values)]
-        problems += [p.replace("train.", f"{at}.") for p in checked]
-        if not checked:
+            good, value = _coerce(
+                value, hints[name], f"{_entry_name(key)}.{name}", base_dir, problems
+            )
+            ok = ok and good
+            values[name] = value
+        if ok:
             out[key] = values
     return out
 
@@ -525,9 +585,10 @@ def _coerce(value: Any, hint: Any, where: str, base_dir: Path, problems: list[st
             problems.append(f"{where} must be a mapping")
             return False, None
         built = _build(hint, value, f"{where}.", base_dir, problems)
-        if hint is TrainConfig and built is not None and built.per_base is not None:
-            entries = _per_base(built, f"{where}.per_base", base_dir, problems)
-            built = dataclasses.replace(built, per_base=entries)
+        if hint is TrainConfig and isinstance(built, TrainConfig) and built.per_base:
+            built = dataclasses.replace(
+                built, per_base=_per_base(built.per_base, base_dir, problems)
+            )
         return built is not None, built
     if hint is dict or origin is dict:
         if not isinstance(value, dict):

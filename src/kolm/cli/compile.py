@@ -325,9 +325,10 @@ def _train_rows(t: dict) -> list[tuple[str, str]]:
     from kolm.report import train_speed
 
     rows = []
+    from kolm.spec import describe_settings
+
     for base, entry in (t.get("per_base") or {}).items():
-        settings = ", ".join(f"{k} {v}" for k, v in entry.items())
-        rows.append((f"train.per_base ({base})", settings))
+        rows.append((f"train.per_base ({base})", describe_settings(entry)))
     if "tokens_per_second" in t:
         rows.append(("train tokens/s", train_speed(t)))
     pref = t.get("preference")

@@ -198,7 +198,7 @@ def _limited(spec, options: dict, tenant):
     """The spec with the job's options applied and its teacher spend capped by the quota."""
     if options.get("steps"):
         spec = dataclasses.replace(
-            spec, train=dataclasses.replace(spec.train, steps=int(options["steps"]))
+            spec, train=spec.train.with_settings(steps=int(options["steps"]))
         )
     if spec.teacher is not None:
         left = max(0.0, tenant.quotas.max_usd - tenant.spent_usd)
