@@ -468,6 +468,7 @@ def test_each_rung_trains_with_its_own_train_per_base_entry(compiled):
     the same rate the cached one), and the log, manifest and report name it; an entry
     for another base changes nothing."""
     from kolm.compiler import prepare, training_key
+    from kolm.report import ladder_lines
 
     spec = compiled["spec"]
     own = {"smollm2-135m-instruct": {"learning_rate": spec.train.learning_rate}}
@@ -481,6 +482,10 @@ def test_each_rung_trains_with_its_own_train_per_base_entry(compiled):
     assert result.cached_training  # the same settings in effect: the same adapter
     assert result.manifest["metrics"]["train"]["per_base"] == own
     assert result.manifest["ladder"][-1]["per_base"] == own["smollm2-135m-instruct"]
+    assert (
+        f"passed (train.per_base: learning_rate {spec.train.learning_rate})"
+        in dict(ladder_lines(result.manifest))["smollm2-135m-instruct"]
+    )
     rate = spec.train.learning_rate
     assert f"kolm: train.per_base: smollm2-135m-instruct trains with learning_rate {rate}" in lines
     report = (compiled["root"] / "per-base.report.md").read_text()

@@ -88,7 +88,8 @@ def ladder_lines(manifest: dict) -> list[tuple[str, str]]:
             out.append((r["base"], f"skipped: {r['skipped']}"))
             continue
         what = "passed" if r["passed"] else "failed: " + "; ".join(r.get("reasons") or ["gate"])
-        out.append((r["base"], f"K {r['K']:.3f}, accuracy {r['accuracy']:.1%}, {what}"))
+        own = f" (train.per_base: {describe_settings(r['per_base'])})" if r.get("per_base") else ""
+        out.append((r["base"], f"K {r['K']:.3f}, accuracy {r['accuracy']:.1%}, {what}{own}"))
     return out
 
 
