@@ -537,6 +537,34 @@ def test_a_ladder_path_rung_gets_the_per_base_entry_written_for_its_path(tmp_pat
     assert rates["smollm2-135m-instruct"] == 0.002
 
 
+def test_the_ladder_trains_gemma_at_half_the_rate_unless_per_base_names_it(tmp_path):
+    """The spec's `train` is written for the first rung; climbed to, Gemma 3 270M trains
+    at half its learning rate (kolm's default, said in the log), and a `train.per_base`
+    entry for Gemma replaces that default whole. The first rung keeps the spec's rate."""
+    from kolm.ladder import rung_spec
+
+    spec = dataclasses.replace(load_spec(write_toy_task(tmp_path / "task")), base="auto")
+    lines: list[str] = []
+    gemma, entry = rung_spec(spec, "gemma3-270m", lines.append).on_its_base()
+    assert entry == {"learning_rate": spec.train.learning_rate / 2}
+    assert gemma.train.learning_rate == spec.train.learning_rate / 2
+    assert lines == [
+        "kolm: ladder: gemma3-270m trains at 0.5 times the spec's learning rate, 0.001 "
+        "(kolm's default for this base; set train.per_base.gemma3-270m to choose)"
+    ]
+    lines.clear()
+    smol = rung_spec(spec, "smollm2-135m-instruct", lines.append).on_its_base()[0]
+    assert smol.train == dataclasses.replace(spec.train, per_base=None) and not lines
+    own = {"gemma3-270m": {"batch_size": 4}}
+    chosen = dataclasses.replace(spec, train=dataclasses.replace(spec.train, per_base=own))
+    gemma, entry = rung_spec(chosen, "gemma3-270m", lines.append).on_its_base()
+    assert entry == {"batch_size": 4} and gemma.train.learning_rate == spec.train.learning_rate
+    assert not lines
+    # `base: gemma3-270m` named by the user trains with the spec's own rate
+    named = dataclasses.replace(spec, base="gemma3-270m").on_its_base()[0]
+    assert named.train.learning_rate == spec.train.learning_rate
+
+
 def test_a_rung_below_the_tfidf_floor_fails_the_ladder_when_beat_floor_is_set(tmp_path):
     """`gate.beat_floor` is parsed from the spec, and a rung whose only failure is the
     floor makes `base: auto` climb; the log and the record say why."""

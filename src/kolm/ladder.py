@@ -13,9 +13,9 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
-from kolm.basemodel import resolve
+from kolm.basemodel import ladder_learning_rate_scale, resolve
 from kolm.errors import BaseModelError, GateError
-from kolm.spec import TaskSpec
+from kolm.spec import TaskSpec, same_base
 
 AUTO = "auto"
 RUNGS = ("smollm2-135m-instruct", "gemma3-270m")
@@ -60,7 +60,7 @@ def compile_ladder(
             continue
         i += 1
         log(f"kolm: ladder: rung {i} of {len(names)}: {name}")
-        rung = dataclasses.replace(spec, base=name)
+        rung = rung_spec(spec, name, log)
         final = i == len(names)
         if final and force:  # this rung ships whatever its K: say what was never tried
             for later, why in ladder[j + 1 :]:
@@ -81,11 +81,28 @@ def compile_ladder(
             f"kolm: ladder: every rung failed the gate; shipping the best, {best['base']} "
             f"(K {best['K']:.3f} against {climbed[-1]['K']:.3f}), under --force"
         )
-        again = dataclasses.replace(spec, base=spelled[id(best)])
+        again = rung_spec(spec, spelled[id(best)], log)
         rest = [r for r in climbed if r is not best]
         return compile_fn(again, out, log=log, force=True, ladder=rest, **kw)
     assert last is not None
     raise GateError(f"every rung of the ladder failed the gate; last: {last.message}", last.hint)
+
+
+def rung_spec(spec: TaskSpec, name: str, log: Callable[[str], None]) -> TaskSpec:
+    """The spec a rung compiles: its base set, and for a registered base the spec's
+    `train.per_base` does not name, kolm's own entry for it (a scaled learning rate)."""
+    rung = dataclasses.replace(spec, base=name)
+    scale = ladder_learning_rate_scale(name)
+    where = spec.spec_path.parent if spec.spec_path else None
+    if scale == 1.0 or any(same_base(k, name, where) for k in spec.train.per_base or {}):
+        return rung
+    rate = spec.train.learning_rate * scale
+    log(
+        f"kolm: ladder: {name} trains at {scale:g} times the spec's learning rate, {rate:g} "
+        f"(kolm's default for this base; set train.per_base.{name} to choose)"
+    )
+    per_base = {**(spec.train.per_base or {}), name: {"learning_rate": rate}}
+    return dataclasses.replace(rung, train=dataclasses.replace(spec.train, per_base=per_base))
 
 
 def _skipping(name: str, why: BaseModelError | None, what: str = "skipping") -> str:
