@@ -72,7 +72,8 @@ class TrainConfig:
     """Settings for one base only, over the ones above: `{base: {field: value}}`, keyed
     by a registered base name or by the path `base:` or a `ladder:` entry gives (a
     `.gguf` file or a folder). Under `base: auto` each rung trains with its own entry,
-    e.g. `per_base: {gemma3-270m: {learning_rate: 0.001}}`."""
+    e.g. `per_base: {gemma3-270m: {batch_size: 8}}`; a rung climbed to that no entry
+    names gets kolm's default for it (`kolm.ladder.rung_spec`)."""
 
     def settings(self) -> dict[str, Any]:
         """The fields training reads, as a JSON-ready dict (`per_base` left out)."""
