@@ -131,7 +131,7 @@ def label_logprobs(spec, work: Path) -> tuple[list[str], list[list[float]], list
     adapters = sorted(work.rglob("adapter.pt"))
     assert len(adapters) == 1, f"one training stage expected in {work}, found {adapters}"
     adapter = adapters[0]
-    model, tok = load_adapter(base.gguf, spec.train, adapter)
+    model, tok = load_adapter(base.gguf, spec.on_its_base()[0].train, adapter)
     model.eval()
     labels = sorted({e.output for e in train})
     prompts = prompt_ids(tok, fmt, spec.description, [e.input for e in held])

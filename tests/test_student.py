@@ -488,6 +488,7 @@ def test_each_rung_trains_with_its_own_train_per_base_entry(compiled):
     )
     rate = spec.train.learning_rate
     assert f"kolm: train.per_base: smollm2-135m-instruct trains with learning_rate {rate}" in lines
+    assert result.manifest["metrics"]["train"]["per_base_from"] == "train.per_base"
     report = (compiled["root"] / "per-base.report.md").read_text()
     assert (
         f"| settings for smollm2-135m-instruct (train.per_base) | learning_rate {rate} |" in report
@@ -497,7 +498,10 @@ def test_each_rung_trains_with_its_own_train_per_base_entry(compiled):
     from kolm.cli.compile import _train_rows  # the compile summary's rows
 
     summary = _train_rows(result.manifest["metrics"]["train"])
-    assert ("train.per_base (smollm2-135m-instruct)", f"learning_rate {rate}") in summary
+    assert (
+        "settings for smollm2-135m-instruct (train.per_base)",
+        f"learning_rate {rate}",
+    ) in summary
 
     def key(per_base: dict) -> str:
         with_entry = dataclasses.replace(spec.train, per_base=per_base)
@@ -542,23 +546,32 @@ def test_the_ladder_trains_gemma_at_half_the_rate_unless_per_base_names_it(tmp_p
     at half its learning rate (kolm's default, said in the log), and a `train.per_base`
     entry for Gemma replaces that default whole. The first rung keeps the spec's rate."""
     from kolm.ladder import rung_spec
+    from kolm.report import ladder_lines
 
     spec = dataclasses.replace(load_spec(write_toy_task(tmp_path / "task")), base="auto")
     lines: list[str] = []
-    gemma, entry = rung_spec(spec, "gemma3-270m", lines.append).on_its_base()
+    rung, source = rung_spec(spec, "gemma3-270m", lines.append)
+    gemma, entry = rung.on_its_base()
+    assert source == "kolm's ladder default"
     assert entry == {"learning_rate": spec.train.learning_rate / 2}
+    record = {"base": "gemma3-270m", "K": 0.9, "accuracy": 0.9, "passed": True}
+    record |= {"per_base": entry, "per_base_from": source}  # as compile_task writes it
+    shown = dict(ladder_lines({"ladder": [record]}))["gemma3-270m"]
+    assert shown.endswith("passed (kolm's ladder default: learning_rate 0.001)")
     assert gemma.train.learning_rate == spec.train.learning_rate / 2
     assert lines == [
         "kolm: ladder: gemma3-270m trains at 0.5 times the spec's learning rate, 0.001 "
         "(kolm's default for this base; set train.per_base.gemma3-270m to choose)"
     ]
     lines.clear()
-    smol = rung_spec(spec, "smollm2-135m-instruct", lines.append).on_its_base()[0]
+    smol = rung_spec(spec, "smollm2-135m-instruct", lines.append)[0].on_its_base()[0]
     assert smol.train == dataclasses.replace(spec.train, per_base=None) and not lines
     own = {"gemma3-270m": {"batch_size": 4}}
     chosen = dataclasses.replace(spec, train=dataclasses.replace(spec.train, per_base=own))
-    gemma, entry = rung_spec(chosen, "gemma3-270m", lines.append).on_its_base()
+    rung, source = rung_spec(chosen, "gemma3-270m", lines.append)
+    gemma, entry = rung.on_its_base()
     assert entry == {"batch_size": 4} and gemma.train.learning_rate == spec.train.learning_rate
+    assert source == "train.per_base"
     assert not lines
     # `base: gemma3-270m` named by the user trains with the spec's own rate
     named = dataclasses.replace(spec, base="gemma3-270m").on_its_base()[0]

@@ -26,9 +26,9 @@ class BaseEntry:
     locate: Callable[[], Path | None]
     install_hint: str
     ladder_learning_rate_scale: float = 1.0
-    """Climbed to under `base: auto`, this base trains at the spec's learning rate times
-    this, unless `train.per_base` names it: the spec's `train` is written for the first
-    rung, and a larger base may want a smaller step (measured in docs/benchmarks.md)."""
+    """As a rung of `base: auto`, this base trains at the spec's learning rate times this,
+    unless `train.per_base` names it: the spec's `train` is written for the ladder's first
+    base, and a larger base may want a smaller step (measured in docs/benchmarks.md)."""
 
 
 @dataclass(frozen=True)

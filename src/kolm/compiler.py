@@ -246,10 +246,13 @@ def compile_task(
     force: bool = False,
     extra_inputs: list[str] | None = None,
     ladder: list[dict] | None = None,
+    settings_from: str = "train.per_base",
 ) -> CompileResult:
     """Run every stage; below the gate, write only the report and raise GateError (unless force).
 
-    `base: auto` climbs the base ladder (kolm.ladder); `ladder` holds the rungs tried so far."""
+    `base: auto` climbs the base ladder (kolm.ladder); `ladder` holds the rungs tried so far,
+    and `settings_from` says who wrote the base's `train.per_base` entry (the spec, or
+    the ladder's default for that base)."""
     if spec.base == "auto":
         from kolm.ladder import compile_ladder
 
@@ -267,7 +270,7 @@ def compile_task(
         )
     spec, per_base = spec.on_its_base()
     if per_base:
-        log(f"kolm: train.per_base: {spec.base} trains with {describe_settings(per_base)}")
+        log(f"kolm: {settings_from}: {spec.base} trains with {describe_settings(per_base)}")
     timings: dict[str, float] = {}
     t = time.perf_counter()
     p = prepare(spec, extra_inputs or [])
@@ -312,7 +315,8 @@ def compile_task(
     if spec.train.method != "sft":
         adapter, train_info = _align_stage(p, work, train_info, report, progress, log)
     if per_base:  # the manifest and report say which settings were this base's own
-        train_info = {**train_info, "per_base": {spec.base: per_base}}
+        own = {"per_base": {spec.base: per_base}, "per_base_from": settings_from}
+        train_info = {**train_info, **own}
     _check_cached_answers(p, train_info, _torch_rows(train_info, len(p.heldout)))
     _requantize_cached_adapter(p, adapter, log)
     timings["train"] = time.perf_counter() - t
@@ -364,7 +368,8 @@ def compile_task(
         record = rung_record(
             p.base.name, p.base.license, score.K, verdict.passed, acc, verdict.reasons
         )
-        ladder.append(record | ({"per_base": per_base} if per_base else {}))
+        own = {"per_base": per_base, "per_base_from": settings_from} if per_base else {}
+        ladder.append(record | own)
         manifest["ladder"] = list(ladder)
     details = {"heldout": ev["rows"], "latencies_s": ev["latencies_s"]}
     report_path = write_reports(Path(out), manifest, details)

@@ -18,6 +18,8 @@ from kolm.errors import BaseModelError, GateError
 from kolm.spec import TaskSpec, same_base
 
 AUTO = "auto"
+LADDER_DEFAULT = "kolm's ladder default"
+"""Where a rung's own settings came from when the spec's `train.per_base` does not name it."""
 RUNGS = ("smollm2-135m-instruct", "gemma3-270m")
 """Registered bases, smallest first: SmolLM2-135M (Apache-2.0), Gemma 3 270M (Gemma terms)."""
 
@@ -60,13 +62,21 @@ def compile_ladder(
             continue
         i += 1
         log(f"kolm: ladder: rung {i} of {len(names)}: {name}")
-        rung = rung_spec(spec, name, log)
+        rung, source = rung_spec(spec, name, log)
         final = i == len(names)
         if final and force:  # this rung ships whatever its K: say what was never tried
             for later, why in ladder[j + 1 :]:
                 log(_skipping(later, why, "not tried under --force:"))
         try:
-            result = compile_fn(rung, out, log=log, force=force and final, ladder=climbed, **kw)
+            result = compile_fn(
+                rung,
+                out,
+                log=log,
+                force=force and final,
+                ladder=climbed,
+                settings_from=source,
+                **kw,
+            )
         except GateError as e:
             spelled[id(climbed[-1])] = name
             last = e
@@ -81,28 +91,31 @@ def compile_ladder(
             f"kolm: ladder: every rung failed the gate; shipping the best, {best['base']} "
             f"(K {best['K']:.3f} against {climbed[-1]['K']:.3f}), under --force"
         )
-        again = rung_spec(spec, spelled[id(best)], log)
+        again, source = rung_spec(spec, spelled[id(best)], log)
         rest = [r for r in climbed if r is not best]
-        return compile_fn(again, out, log=log, force=True, ladder=rest, **kw)
+        return compile_fn(again, out, log=log, force=True, ladder=rest, settings_from=source, **kw)
     assert last is not None
     raise GateError(f"every rung of the ladder failed the gate; last: {last.message}", last.hint)
 
 
-def rung_spec(spec: TaskSpec, name: str, log: Callable[[str], None]) -> TaskSpec:
-    """The spec a rung compiles: its base set, and for a registered base the spec's
-    `train.per_base` does not name, kolm's own entry for it (a scaled learning rate)."""
+def rung_spec(spec: TaskSpec, name: str, log: Callable[[str], None]) -> tuple[TaskSpec, str]:
+    """The spec a rung compiles, and where its own settings come from: its base set, and
+    for a registered base the spec's `train.per_base` does not name, kolm's own entry for
+    it (a scaled learning rate; on the ladder only, whether or not an earlier rung is
+    installed, since the spec's `train` is written for the ladder's first base)."""
     rung = dataclasses.replace(spec, base=name)
     scale = ladder_learning_rate_scale(name)
     where = spec.spec_path.parent if spec.spec_path else None
     if scale == 1.0 or any(same_base(k, name, where) for k in spec.train.per_base or {}):
-        return rung
+        return rung, "train.per_base"
     rate = spec.train.learning_rate * scale
     log(
         f"kolm: ladder: {name} trains at {scale:g} times the spec's learning rate, {rate:g} "
         f"(kolm's default for this base; set train.per_base.{name} to choose)"
     )
     per_base = {**(spec.train.per_base or {}), name: {"learning_rate": rate}}
-    return dataclasses.replace(rung, train=dataclasses.replace(spec.train, per_base=per_base))
+    train = dataclasses.replace(spec.train, per_base=per_base)
+    return dataclasses.replace(rung, train=train), LADDER_DEFAULT
 
 
 def _skipping(name: str, why: BaseModelError | None, what: str = "skipping") -> str:

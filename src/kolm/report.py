@@ -88,7 +88,11 @@ def ladder_lines(manifest: dict) -> list[tuple[str, str]]:
             out.append((r["base"], f"skipped: {r['skipped']}"))
             continue
         what = "passed" if r["passed"] else "failed: " + "; ".join(r.get("reasons") or ["gate"])
-        own = f" (train.per_base: {describe_settings(r['per_base'])})" if r.get("per_base") else ""
+        own = ""
+        if r.get("per_base"):
+            own = (
+                f" ({r.get('per_base_from', 'train.per_base')}: {describe_settings(r['per_base'])})"
+            )
         out.append((r["base"], f"K {r['K']:.3f}, accuracy {r['accuracy']:.1%}, {what}{own}"))
     return out
 
@@ -248,8 +252,9 @@ def _sections(m: dict, details: dict) -> list[tuple[str, list[str], list[list[st
 def _train_rows(t: dict) -> list[list[str]]:
     """How the student was trained: method, throughput, the preference stage's settings."""
     rows = [["training method", t.get("method", "sft")]]
+    source = t.get("per_base_from", "train.per_base")
     for base, entry in (t.get("per_base") or {}).items():
-        rows.append([f"settings for {base} (train.per_base)", describe_settings(entry)])
+        rows.append([f"settings for {base} ({source})", describe_settings(entry)])
     if "tokens_per_second" in t:
         rows.append(["SFT tokens/s", train_speed(t)])
     pref = t.get("preference")

@@ -88,7 +88,8 @@ class TrainConfig:
 
     def with_settings(self, **changes: Any) -> TrainConfig:
         """These settings on every base: set in `train` and taken out of each `per_base`
-        entry, so an override from the command line or a job's options wins on every rung."""
+        entry, so an override from the command line or a job's options wins over every
+        entry (the ladder's own default for a base scales the learning rate it is given)."""
         if self.per_base is None:
             return dataclasses.replace(self, **changes)
         entries = {

@@ -327,8 +327,9 @@ def _train_rows(t: dict) -> list[tuple[str, str]]:
     rows = []
     from kolm.spec import describe_settings
 
+    source = t.get("per_base_from", "train.per_base")
     for base, entry in (t.get("per_base") or {}).items():
-        rows.append((f"train.per_base ({base})", describe_settings(entry)))
+        rows.append((f"settings for {base} ({source})", describe_settings(entry)))
     if "tokens_per_second" in t:
         rows.append(("train tokens/s", train_speed(t)))
     pref = t.get("preference")
