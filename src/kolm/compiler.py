@@ -38,7 +38,7 @@ from kolm.recall.ground import INDEX_PART, Grounder
 from kolm.recall.index import IndexReport
 from kolm.report import write_reports
 from kolm.runtime import PROBE_CACHE, Decoding, Student, llama_cpp_version
-from kolm.spec import TaskSpec, TeacherConfig, describe_settings
+from kolm.spec import FROM_SPEC, TaskSpec, TeacherConfig, describe_settings
 from kolm.verifier import Verifier, check_seeds, label_shortfall, synthesize
 
 Log = Callable[[str], None]
@@ -246,7 +246,7 @@ def compile_task(
     force: bool = False,
     extra_inputs: list[str] | None = None,
     ladder: list[dict] | None = None,
-    settings_from: str = "train.per_base",
+    settings_from: str = FROM_SPEC,
 ) -> CompileResult:
     """Run every stage; below the gate, write only the report and raise GateError (unless force).
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from kolm.basemodel import ladder_learning_rate_scale, resolve
 from kolm.errors import BaseModelError, GateError
-from kolm.spec import TaskSpec, same_base
+from kolm.spec import FROM_SPEC, TaskSpec, same_base
 
 AUTO = "auto"
 LADDER_DEFAULT = "kolm's ladder default"
@@ -107,7 +107,7 @@ def rung_spec(spec: TaskSpec, name: str, log: Callable[[str], None]) -> tuple[Ta
     scale = ladder_learning_rate_scale(name)
     where = spec.spec_path.parent if spec.spec_path else None
     if scale == 1.0 or any(same_base(k, name, where) for k in spec.train.per_base or {}):
-        return rung, "train.per_base"
+        return rung, FROM_SPEC
     rate = spec.train.learning_rate * scale
     log(
         f"kolm: ladder: {name} trains at {scale:g} times the spec's learning rate, {rate:g} "

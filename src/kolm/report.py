@@ -13,7 +13,7 @@ import io
 from pathlib import Path
 
 from kolm.kscore import FORMULAS, NAMES, WEIGHTS, formula_of, shortfall
-from kolm.spec import describe_settings
+from kolm.spec import FROM_SPEC, describe_settings
 
 MAX_ERRORS = 15
 
@@ -90,9 +90,7 @@ def ladder_lines(manifest: dict) -> list[tuple[str, str]]:
         what = "passed" if r["passed"] else "failed: " + "; ".join(r.get("reasons") or ["gate"])
         own = ""
         if r.get("per_base"):
-            own = (
-                f" ({r.get('per_base_from', 'train.per_base')}: {describe_settings(r['per_base'])})"
-            )
+            own = f" ({r.get('per_base_from', FROM_SPEC)}: {describe_settings(r['per_base'])})"
         out.append((r["base"], f"K {r['K']:.3f}, accuracy {r['accuracy']:.1%}, {what}{own}"))
     return out
 
@@ -249,12 +247,18 @@ def _sections(m: dict, details: dict) -> list[tuple[str, list[str], list[list[st
     return sections
 
 
+def per_base_rows(t: dict) -> list[tuple[str, str]]:
+    """A row per base whose own settings it trained with (`metrics.train.per_base`)."""
+    source = t.get("per_base_from", FROM_SPEC)
+    return [
+        (f"settings for {base} ({source})", describe_settings(entry))
+        for base, entry in (t.get("per_base") or {}).items()
+    ]
+
+
 def _train_rows(t: dict) -> list[list[str]]:
     """How the student was trained: method, throughput, the preference stage's settings."""
-    rows = [["training method", t.get("method", "sft")]]
-    source = t.get("per_base_from", "train.per_base")
-    for base, entry in (t.get("per_base") or {}).items():
-        rows.append([f"settings for {base} ({source})", describe_settings(entry)])
+    rows = [["training method", t.get("method", "sft")], *map(list, per_base_rows(t))]
     if "tokens_per_second" in t:
         rows.append(["SFT tokens/s", train_speed(t)])
     pref = t.get("preference")

@@ -26,6 +26,8 @@ PREFERENCE_FIELDS = ("method", "preference_steps", "preference_learning_rate", "
 """TrainConfig fields the SFT stage does not depend on (its cache key leaves them out)."""
 PER_BASE = "per_base"
 """The TrainConfig field that holds other fields' values for one base (never trained on)."""
+FROM_SPEC = "train.per_base"
+"""Where a base's own settings came from when the spec's `train.per_base` wrote them."""
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 

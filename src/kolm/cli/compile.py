@@ -322,14 +322,9 @@ def _corpus_rows(r: dict | None) -> list[tuple[str, str]]:
 
 def _train_rows(t: dict) -> list[tuple[str, str]]:
     """Training throughput, and the preference stage when there was one."""
-    from kolm.report import train_speed
+    from kolm.report import per_base_rows, train_speed
 
-    rows = []
-    from kolm.spec import describe_settings
-
-    source = t.get("per_base_from", "train.per_base")
-    for base, entry in (t.get("per_base") or {}).items():
-        rows.append((f"settings for {base} ({source})", describe_settings(entry)))
+    rows = per_base_rows(t)
     if "tokens_per_second" in t:
         rows.append(("train tokens/s", train_speed(t)))
     pref = t.get("preference")
