@@ -198,8 +198,10 @@ def run_fold(
     }
 
 
-def compare(a_path: Path, b_path: Path) -> dict:
-    """Two runs' rows files, row by row: the same folds must hold the same rows."""
+def compare(a_path: Path, b_path: Path, only: list[int] | None = None) -> dict:
+    """Two runs' rows files, row by row: the same folds must hold the same rows.
+
+    `only`: compare these folds alone (a run stopped early against a whole one)."""
     from kolm.evaluate import paired_p_value
 
     def load(path: Path) -> dict[tuple, list[bool]]:
@@ -207,6 +209,8 @@ def compare(a_path: Path, b_path: Path) -> dict:
         for line in path.read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
+                if only is not None and r["fold"] not in only:
+                    continue
                 # scored as run_fold scores it: the stripped, lowered answer is the label
                 out[r["fold"], r["input"], r["gold"]].append(r["student"] == r["gold"])
         return out
@@ -215,7 +219,7 @@ def compare(a_path: Path, b_path: Path) -> dict:
     if {k: len(v) for k, v in a.items()} != {k: len(v) for k, v in b.items()}:
         raise SystemExit(
             f"{a_path} and {b_path} do not hold the same rows: compare runs of the same "
-            "--folds, --seed and --only"
+            "--folds, --seed and --only (with --compare, --only picks the folds to compare)"
         )
     gained = lost = 0
     per_fold: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0])
@@ -288,7 +292,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     if args.compare:
-        print(json.dumps(compare(*args.compare)))
+        print(json.dumps(compare(*args.compare, only=args.only)))
         return
 
     from kolm.basemodel import resolve
