@@ -144,7 +144,11 @@ def main() -> None:
     )
     ap.add_argument("--epochs", type=float, default=3.0, help="passes over the rows when --steps 0")
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--learning-rate", type=float, help="train.learning_rate (default: kolm's)")
+    ap.add_argument(
+        "--learning-rate",
+        type=float,
+        help="train.learning_rate (default: the base's own: 0.002, 0.001 for gemma3-270m)",
+    )
     ap.add_argument("--work", type=Path, default=Path("clinc150-task"))
     ap.add_argument("--intents", type=int, default=150, help="a seeded sample of the intents")
     ap.add_argument("--base", default="smollm2-135m-instruct", help="a base name, or auto")

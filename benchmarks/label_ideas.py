@@ -3,8 +3,9 @@
     OMP_NUM_THREADS=1 python benchmarks/label_ideas.py --work label-ideas-work
     OMP_NUM_THREADS=1 python benchmarks/label_ideas.py --work label-ideas-work --base gemma3-270m --skip-demos
 
-(`--skip-plain` runs only the demonstrations compile; `--batch-size 8` trains as the
-example did before 2026-12-06, when the figures in docs/benchmarks.md were taken.)
+(`--skip-plain` runs only the demonstrations compile; `--batch-size 8 --learning-rate
+0.002` trains as the example did before 2026-12-06, when the figures in
+docs/benchmarks.md were taken.)
 
 On the shipped example (examples/support-tickets, its own split and seed):
 
@@ -94,7 +95,7 @@ def demos_task(k: int, folder: Path) -> tuple[Path, dict]:
 
 
 def compile_one(
-    spec_path: Path, base: str | None, work: Path, out: Path, batch_size: int | None = None
+    spec_path: Path, base: str | None, work: Path, out: Path, settings: dict | None = None
 ) -> dict:
     from kolm.compiler import compile_task
     from kolm.spec import load_spec
@@ -102,8 +103,8 @@ def compile_one(
     spec = load_spec(spec_path)
     if base:
         spec = dataclasses.replace(spec, base=base)
-    if batch_size:
-        spec = dataclasses.replace(spec, train=spec.train.with_settings(batch_size=batch_size))
+    if settings:
+        spec = dataclasses.replace(spec, train=spec.train.with_settings(**settings))
     t = time.perf_counter()
     r = compile_task(spec, out, work_dir=work, force=True)
     m = r.manifest["metrics"]
@@ -173,13 +174,18 @@ def main() -> None:
     ap.add_argument("--skip-demos", action="store_true")
     ap.add_argument("--skip-plain", action="store_true")
     ap.add_argument("--batch-size", type=int, help="train.batch_size (default: the example's)")
+    ap.add_argument(
+        "--learning-rate", type=float, help="train.learning_rate (default: the base's own)"
+    )
     args = ap.parse_args()
+    settings = {"batch_size": args.batch_size, "learning_rate": args.learning_rate}
+    settings = {k: v for k, v in settings.items() if v is not None}
     args.work.mkdir(parents=True, exist_ok=True)
     tag = args.base or "default"
     if not args.skip_plain:
         work = args.work / f"plain-{tag}"
         plain = compile_one(
-            TASK / "kolm.yaml", args.base, work, args.work / f"plain-{tag}.kolm", args.batch_size
+            TASK / "kolm.yaml", args.base, work, args.work / f"plain-{tag}.kolm", settings
         )
         combo = product_with_floor(plain["spec"], work)
         print(json.dumps({"plain": {k: v for k, v in plain.items() if k != "spec"}, **combo}))
@@ -190,7 +196,7 @@ def main() -> None:
             args.base,
             args.work / f"demos-{tag}",
             args.work / f"demos-{tag}.kolm",
-            args.batch_size,
+            settings,
         )
         shown = {k: v for k, v in demos.items() if k != "spec"}
         print(json.dumps({"demos": args.demos, **near, **shown}))

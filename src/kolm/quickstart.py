@@ -307,6 +307,9 @@ def _yaml(found, description, name, base, teacher, steps, use_unlabeled) -> str:
     if steps is not None:
         lines += [f"train: {{steps: {steps}}}"]
     else:
-        lines += ["# train: {epochs: 3, batch_size: 8, learning_rate: 0.002, lora_rank: 8}"]
+        lines += [
+            "# train: {epochs: 3, batch_size: 8, lora_rank: 8}"
+            "   # learning_rate: kolm's default for the base"
+        ]
     lines += ["# gate: {min_k: 0.70}   # below this K-score compile ships nothing"]
     return "\n".join(lines) + "\n"

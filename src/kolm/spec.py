@@ -28,6 +28,11 @@ PER_BASE = "per_base"
 """The TrainConfig field that holds other fields' values for one base (never trained on)."""
 FROM_SPEC = "train.per_base"
 """Where a base's own settings came from when the spec's `train.per_base` wrote them."""
+BASE_DEFAULT = "kolm's default for this base"
+"""Where a base's learning rate came from when the spec set none and kolm's default for
+that base is not the plain one (`kolm.basemodel.learning_rate_scale`)."""
+DEFAULT_LEARNING_RATE = 2e-3
+"""The learning rate of a spec that sets none, on a base whose scale is 1 (SmolLM2)."""
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -41,8 +46,10 @@ class TrainConfig:
     """Optimizer steps; overrides `epochs` when given."""
     batch_size: int = 8
     """Examples per optimizer step."""
-    learning_rate: float = 2e-3
-    """Peak AdamW learning rate (linear warm-up over 10% of steps, then linear decay)."""
+    learning_rate: float | None = None
+    """Peak AdamW learning rate (linear warm-up over 10% of steps, then linear decay).
+    Unset: kolm's default for the base, 0.002 times the base's `learning_rate_scale`
+    (0.002 for SmolLM2 and any `.gguf` path, 0.001 for Gemma 3 270M)."""
     lora_rank: int = 8
     """LoRA rank r."""
     lora_alpha: float = 16.0
@@ -86,7 +93,17 @@ class TrainConfig:
         changed them ({} when none names this base). `where` is the spec's folder, for
         keys that are paths."""
         entry = next((v for k, v in (self.per_base or {}).items() if same_base(k, base, where)), {})
-        return dataclasses.replace(self, **entry, per_base=None), dict(entry)
+        cfg = dataclasses.replace(self, **entry, per_base=None)
+        return dataclasses.replace(cfg, learning_rate=cfg.rate_for(base)), dict(entry)
+
+    def rate_for(self, base: str) -> float:
+        """The learning rate training on `base` uses: the one set, or kolm's default for
+        that base (`DEFAULT_LEARNING_RATE` times its `learning_rate_scale`)."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        from kolm.basemodel import learning_rate_scale
+
+        return DEFAULT_LEARNING_RATE * learning_rate_scale(base)
 
     def with_settings(self, **changes: Any) -> TrainConfig:
         """These settings on every base: set in `train` and taken out of each `per_base`
@@ -118,7 +135,7 @@ class TrainConfig:
         for name in ("batch_size", "lora_rank", "max_seq_len"):
             if getattr(self, name) < 1:
                 problems.append(f"train.{name} must be at least 1")
-        if not 0 < self.learning_rate < 1:
+        if self.learning_rate is not None and not 0 < self.learning_rate < 1:
             problems.append("train.learning_rate must be between 0 and 1")
         if not 0 <= self.lora_dropout < 1:
             problems.append("train.lora_dropout must be in [0, 1)")
@@ -436,6 +453,23 @@ class TaskSpec:
         where = self.spec_path.parent if self.spec_path else None
         train, entry = self.train.for_base(self.base, where)
         return dataclasses.replace(self, train=train), entry
+
+    def own_settings(self, source: str = FROM_SPEC) -> tuple[TaskSpec, dict, str]:
+        """`on_its_base`, with what a compile records as this base's own settings and
+        where they came from: the `per_base` entry (written by `source`), and kolm's
+        default learning rate for the base when the spec set no rate and that default
+        is not the plain one (`BASE_DEFAULT`)."""
+        from kolm.basemodel import learning_rate_scale
+
+        spec, entry = self.on_its_base()
+        if (
+            self.train.learning_rate is None
+            and "learning_rate" not in entry
+            and learning_rate_scale(self.base) != 1.0
+        ):
+            source = BASE_DEFAULT if not entry else f"{source}; learning_rate: {BASE_DEFAULT}"
+            entry = {**entry, "learning_rate": spec.train.learning_rate}
+        return spec, entry, source
 
     def _check_corpus(self) -> list[str]:
         from kolm.errors import RecallError

@@ -102,10 +102,18 @@ def inspect_cmd(artifact: Path, as_json: bool) -> None:
     rows += _adapter_rows(m)
     if "kscore" in m:
         rows.append(("K-score", _k_line(m)))
+    rows += _per_base_rows(met)
     rows += _ladder_rows(m)
     rows += _recipe_rows(m.get("recipes"))
     rows.append(("versions", ", ".join(f"{k} {v}" for k, v in m["versions"].items())))
     click.echo(_table(rows, (str(artifact), "")))
+
+
+def _per_base_rows(metrics: dict) -> list[tuple[str, str]]:
+    """The settings this base trained with over the spec's `train` block, and whose."""
+    from kolm.report import per_base_rows
+
+    return per_base_rows(metrics.get("train") or {})
 
 
 def _recipe_rows(r: dict | None) -> list[tuple[str, str]]:
