@@ -231,6 +231,8 @@ def compare(a_path: Path, b_path: Path, only: list[int] | None = None) -> dict:
             per_fold[key[0]][1] += y
             per_fold[key[0]][2] += 1
     n = sum(f[2] for f in per_fold.values())
+    if n == 0:
+        raise SystemExit(f"{a_path} and {b_path} hold no rows in the folds chosen (--only)")
     return {
         "a": str(a_path),
         "b": str(b_path),

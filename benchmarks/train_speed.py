@@ -58,7 +58,7 @@ def measure(task: str, threads: int, batch: int, steps: int) -> dict:
     spec = _spec(task)
     base = resolve(spec.base)
     rows, _ = split_heldout(load_examples(spec.examples), spec.heldout_fraction, spec.seed)
-    cfg = dataclasses.replace(spec.train, threads=threads, batch_size=batch)
+    cfg = dataclasses.replace(spec.on_its_base()[0].train, threads=threads, batch_size=batch)
     (data, _), tok, model, dev = T._setup(
         base.gguf, format_from_gguf(base.gguf), spec.description, rows, cfg, None
     )

@@ -98,6 +98,23 @@ def test_train_per_base_overrides_fields_on_its_base_only(tmp_path):
     assert absolute.on_its_base()[1] == {"batch_size": 8}
 
 
+def test_a_per_base_learning_rate_cannot_be_null(tmp_path):
+    """`null` in an entry would train at kolm's default and be recorded as the spec's
+    choice; it is refused with what to write instead."""
+    (tmp_path / "y.gguf").write_bytes(b"")
+    p = _spec(
+        tmp_path,
+        "name: t\ndescription: d\nexamples: ex.jsonl\nbase: y.gguf\n"
+        "train: {learning_rate: 0.004, per_base: {./y.gguf: {learning_rate: null}}}\n",
+    )
+    with pytest.raises(SpecError) as err:
+        load_spec(p)
+    assert err.value.problems == [
+        "train.per_base[./y.gguf].learning_rate must be a number; leave it out to train at "
+        "the `train` block's rate (kolm's default for the base when that sets none)"
+    ]
+
+
 def test_a_bad_train_per_base_entry_says_which_base_and_field(tmp_path):
     (tmp_path / "y.gguf").write_bytes(b"")
     p = _spec(

@@ -564,7 +564,7 @@ def test_the_ladder_trains_gemma_at_half_the_rate_unless_per_base_names_it(tmp_p
     assert gemma.train.learning_rate == spec.train.learning_rate / 2
     assert lines == [
         "kolm: ladder: gemma3-270m trains at 0.5 times the spec's learning rate, 0.001 "
-        "(kolm's default for this base; set train.per_base.gemma3-270m to choose)"
+        "(kolm's ladder default; set train.per_base.gemma3-270m to choose)"
     ]
     lines.clear()
     smol = rung_spec(spec, "smollm2-135m-instruct", lines.append)[0].on_its_base()[0]

@@ -116,7 +116,7 @@ def rung_spec(spec: TaskSpec, name: str, log: Callable[[str], None]) -> tuple[Ta
     rate = spec.train.learning_rate * scale
     log(
         f"kolm: ladder: {name} trains at {scale:g} times the spec's learning rate, {rate:g} "
-        f"(kolm's default for this base; set train.per_base.{name} to choose)"
+        f"({LADDER_DEFAULT}; set train.per_base.{name} to choose)"
     )
     per_base = {**(spec.train.per_base or {}), name: {"learning_rate": rate}}
     train = dataclasses.replace(spec.train, per_base=per_base)

@@ -165,6 +165,12 @@ class TrainConfig:
             problems += [f"unknown key {at}.{n!r}; known keys: {', '.join(names)}" for n in unknown]
             if unknown:
                 continue
+            if "learning_rate" in entry and entry["learning_rate"] is None:
+                problems.append(
+                    f"{at}.learning_rate must be a number; leave it out to train at the "
+                    "`train` block's rate (kolm's default for the base when that sets none)"
+                )
+                continue
             merged = dataclasses.replace(self, **entry, per_base=None).check()
             problems += [  # every message names one field: report those the entry sets
                 m.replace("train.", f"{at}.", 1)
