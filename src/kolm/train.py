@@ -27,7 +27,7 @@ from kolm.data import Example
 from kolm.errors import TrainingError
 from kolm.progress import emit
 from kolm.prompt import PromptFormat, Tokenize, token_ids
-from kolm.spec import DEFAULT_LEARNING_RATE, TrainConfig
+from kolm.spec import TrainConfig
 
 CHECKPOINT_EVERY = 20
 BUCKET_BATCHES = 8
@@ -166,7 +166,9 @@ def train_lora(
     )
     steps = count_steps(cfg, len(data))
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=_rate(cfg), weight_decay=0.0)
+    # a compile hands over its base's own rate (TaskSpec.on_its_base); a config built
+    # without one and passed here directly trains at the default for a .gguf path
+    opt = torch.optim.AdamW(params, lr=cfg.rate_for(str(base_gguf)), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(steps))
     start = _resume(checkpoint_dir, model, opt, sched)
     lengths = [len(x.ids) for x in data]
@@ -214,13 +216,6 @@ def train_lora(
         threads=torch.get_num_threads(),
         batch_size=cfg.batch_size,
     )
-
-
-def _rate(cfg: TrainConfig) -> float:
-    """The config's learning rate. A compile hands over its base's own
-    (`TaskSpec.on_its_base`); a config built without one, e.g. `TrainConfig()` passed
-    here directly, trains at the plain default, which suits SmolLM2."""
-    return DEFAULT_LEARNING_RATE if cfg.learning_rate is None else cfg.learning_rate
 
 
 def _setup(base_gguf, fmt, instruction, examples, cfg: TrainConfig, contexts):
