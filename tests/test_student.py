@@ -102,7 +102,7 @@ def test_greedy_answers_with_the_instruction_run_once_equal_whole_prompts(monkey
 
 
 @pytest.mark.parametrize("window", [16, 128])
-def test_greedy_answers_of_a_sliding_window_model_equal_whole_prompts(monkeypatch, window):
+def test_greedy_answers_of_a_sliding_window_model_equal_whole_prompts(monkeypatch, capsys, window):
     """Gemma 3's sliding-window layers count pads inside the window: the instruction is
     shared only when every sequence fits in the window, and either way the answers are
     those of whole prompts."""
@@ -122,7 +122,10 @@ def test_greedy_answers_of_a_sliding_window_model_equal_whole_prompts(monkeypatc
     assert (train.greedy_prefix(model, prompts, 10) > 0) == (window == 128)
     shared = train.greedy_outputs(model, Tok(), prompts, 10, batch=4)
     monkeypatch.setattr(train, "MIN_SHARED_PREFIX", 10**9)  # whole prompts
-    assert train.greedy_outputs(model, Tok(), prompts, 10, batch=4) == shared
+    capsys.readouterr()
+    assert train.greedy_outputs(model, Tok(), prompts, 10, batch=4, bar="answers") == shared
+    shown = capsys.readouterr().err  # the progress bar, over all 6 prompts
+    assert "answers: 100%" in shown and "6/6" in shown
 
 
 def test_long_rows_are_not_packed():

@@ -80,12 +80,14 @@ def teacher_pairs(rows: Sequence[dict]) -> list[Pair]:
     ]
 
 
-def student_pairs(model, tok, fmt, instruction, examples, normalize, contexts=None, max_new=16):
+def student_pairs(
+    model, tok, fmt, instruction, examples, normalize, contexts=None, max_new=16, progress=False
+):
     """On-policy pairs: the SFT student's greedy answers that differ from the accepted one."""
     from kolm.train import greedy_outputs, prompt_ids
 
     prompts = prompt_ids(tok, fmt, instruction, [e.input for e in examples], contexts)
-    answers = greedy_outputs(model, tok, prompts, max_new)
+    answers = greedy_outputs(model, tok, prompts, max_new, bar="answers" if progress else None)
     return [
         Pair(e.input, e.output, a, "student")
         for e, a in zip(examples, answers, strict=True)

@@ -429,7 +429,8 @@ def _train_stage(p: Prepared, work: Path, progress: bool, log: Log) -> dict:
     )
     held = [p.heldout[i].input for i in rows]
     prompts = prompt_ids(tok, p.fmt, p.spec.description, held, p.contexts(held))
-    torch_outputs = greedy_outputs(result.model, tok, prompts, max_new)
+    bar = "reference" if progress else None
+    torch_outputs = greedy_outputs(result.model, tok, prompts, max_new, bar=bar)
     info = {
         "steps": result.steps,
         "batch_size": result.batch_size,
@@ -496,7 +497,7 @@ def _run_align(p: Prepared, work, folder, sft_info, teacher_rows, progress, log)
         _log_rewards(res.hyper, log)
         return _finish_align(p, folder, model, tok, info, res, max_new)
     pairs = teacher_pairs(teacher_rows) + _student_pairs(
-        p, work, model, tok, contexts, max_new, log
+        p, work, model, tok, contexts, max_new, log, progress
     )
     if not pairs:
         log(
@@ -529,7 +530,9 @@ def _log_rewards(hyper: dict, log: Log) -> None:
     )
 
 
-def _student_pairs(p: Prepared, work: Path, model, tok, contexts, max_new: int, log: Log) -> list:
+def _student_pairs(
+    p: Prepared, work: Path, model, tok, contexts, max_new: int, log: Log, progress: bool
+) -> list:
     """The SFT student's wrong answers on the training inputs, kept beside the SFT adapter
     so that switching between preference methods does not decode them again."""
     from kolm.align import Pair, student_pairs
@@ -544,7 +547,9 @@ def _student_pairs(p: Prepared, work: Path, model, tok, contexts, max_new: int, 
         f"kolm: {p.spec.train.method}: collecting the SFT student's wrong answers on the training inputs"
     )
     norm = lambda text: p.verifier.check(text).normalized  # noqa: E731
-    pairs = student_pairs(model, tok, p.fmt, p.spec.description, p.train, norm, contexts, max_new)
+    pairs = student_pairs(
+        model, tok, p.fmt, p.spec.description, p.train, norm, contexts, max_new, progress
+    )
     tmp = cached.with_suffix(".partial")
     tmp.write_text(json.dumps([dataclasses.asdict(x) for x in pairs], indent=1))
     tmp.replace(cached)

@@ -422,7 +422,12 @@ def _full_loss(model, ids, mask, labels):
 
 
 def greedy_outputs(
-    model, tok, prompts: Sequence[list[int]], max_new_tokens: int, batch: int = 8
+    model,
+    tok,
+    prompts: Sequence[list[int]],
+    max_new_tokens: int,
+    batch: int = 8,
+    bar: str | None = None,
 ) -> list[str]:
     """PyTorch greedy answers to prompts given as token ids (from `prompt_ids`), for
     checking that llama.cpp agrees with the trained model.
@@ -431,10 +436,12 @@ def greedy_outputs(
     keys/values are computed for the shared prefix and copied into each batch, and
     each row's own tokens follow after its padding (masked, positions counted past
     the pads), so only the rows' own tokens and the answers are computed per batch
-    (for clinc150's 150-label instruction, 655 of a prompt's ~670 tokens)."""
+    (for clinc150's 150-label instruction, 655 of a prompt's ~670 tokens). `bar`
+    names a progress bar over the prompts (none when None)."""
     import copy
 
     import torch
+    from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
     pad = tok.pad_token_id
@@ -445,6 +452,7 @@ def greedy_outputs(
             head = torch.tensor([list(prompts[0][:start])], dtype=torch.long, device=device)
             prefix_cache = model(input_ids=head, use_cache=True).past_key_values
     outs: list[str] = []
+    shown = tqdm(total=len(prompts), desc=bar, unit="input", disable=bar is None, leave=True)
     for i in range(0, len(prompts), batch):
         rows = [list(r[start:]) for r in prompts[i : i + batch]]
         width = max(len(r) for r in rows)
@@ -468,6 +476,8 @@ def greedy_outputs(
             )
         new = gen[:, start + width :]
         outs += [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
+        shown.update(len(rows))
+    shown.close()
     return outs
 
 
