@@ -139,7 +139,7 @@ def prepare(spec: TaskSpec, extra_inputs: list[str] | None = None) -> Prepared:
         raise SpecError(
             ["teacher is set but there are no unlabeled inputs to label (add `unlabeled:`)"]
         )
-    base = resolve(spec.base, spec.spec_path.parent if spec.spec_path else None)
+    base = resolve(spec.base, spec.folder)
     seen = {e.input for e in examples}  # never ask the teacher for what the seeds answer
     unlabeled = [x for x in unlabeled if x not in seen]
     labels = list(verifier.labels)
@@ -198,7 +198,7 @@ def run_distill(
 def work_dir_for(spec: TaskSpec, override: Path | None) -> Path:
     if override is not None:
         return Path(override)
-    root = spec.spec_path.parent if spec.spec_path else Path.cwd()
+    root = spec.folder or Path.cwd()
     return root / ".kolm-work" / spec.name
 
 
@@ -815,7 +815,7 @@ def _recall_stage(p: Prepared, root: Path, log: Log) -> None:
 
     r = p.spec.recall
     embedder = Embedder(r.embedder)
-    base_dir = p.spec.spec_path.parent if p.spec.spec_path else Path.cwd()
+    base_dir = p.spec.folder or Path.cwd()
     log(f"kolm: indexing the corpus ({', '.join(p.spec.corpus)}) with {embedder.info.name}")
     path = root / "index.sqlite"
     rep = build_index(

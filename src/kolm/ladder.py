@@ -15,7 +15,7 @@ from pathlib import Path
 
 from kolm.basemodel import learning_rate_scale, resolve
 from kolm.errors import BaseModelError, GateError
-from kolm.spec import FROM_SPEC, TaskSpec, same_base
+from kolm.spec import FROM_SPEC, TaskSpec
 
 AUTO = "auto"
 LADDER_DEFAULT = "kolm's ladder default"
@@ -106,11 +106,10 @@ def rung_spec(spec: TaskSpec, name: str, log: Callable[[str], None]) -> tuple[Ta
     A spec that sets no rate needs no entry: every base then trains at its own default."""
     rung = dataclasses.replace(spec, base=name)
     scale = learning_rate_scale(name)
-    where = spec.spec_path.parent if spec.spec_path else None
     if (
         scale == 1.0
         or spec.train.learning_rate is None  # the base's own default (TaskSpec.own_settings)
-        or any(same_base(k, name, where) for k in spec.train.per_base or {})
+        or spec.train.entry_for(name, spec.folder)
     ):
         return rung, FROM_SPEC
     rate = spec.train.learning_rate * scale
@@ -137,7 +136,7 @@ def _best(climbed: list[dict]) -> dict:
 
 def _installed(spec: TaskSpec) -> list[tuple[str, BaseModelError | None]]:
     """Every rung in order, with why its base is not on this machine (None when it is)."""
-    where = spec.spec_path.parent if spec.spec_path else None
+    where = spec.folder
     out: list[tuple[str, BaseModelError | None]] = []
     for name in rungs(spec):
         try:

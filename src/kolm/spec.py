@@ -92,9 +92,13 @@ class TrainConfig:
         """The settings a compile on `base` trains with, and the `per_base` entry that
         changed them ({} when none names this base). `where` is the spec's folder, for
         keys that are paths."""
-        entry = next((v for k, v in (self.per_base or {}).items() if same_base(k, base, where)), {})
+        entry = self.entry_for(base, where)
         cfg = dataclasses.replace(self, **entry, per_base=None)
         return dataclasses.replace(cfg, learning_rate=cfg.rate_for(base)), dict(entry)
+
+    def entry_for(self, base: str, where: Path | None = None) -> dict:
+        """The `per_base` entry that names `base` ({} when none does)."""
+        return next((v for k, v in (self.per_base or {}).items() if same_base(k, base, where)), {})
 
     def rate_for(self, base: str) -> float:
         """The learning rate training on `base` uses: the one set, or kolm's default for
@@ -400,6 +404,12 @@ class TaskSpec:
     spec_path: Path | None = None
     """Where the spec was read from (set by `load_spec`)."""
 
+    @property
+    def folder(self) -> Path | None:
+        """The spec file's folder, which relative paths in it start from; None for a
+        spec built in code."""
+        return self.spec_path.parent if self.spec_path else None
+
     def check(self) -> list[str]:
         problems = []
         if not self.name.strip():
@@ -430,7 +440,7 @@ class TaskSpec:
         as `base:` or a `ladder:` entry; no base is named twice."""
         from kolm.basemodel import known_bases
 
-        where = self.spec_path.parent if self.spec_path else None
+        where = self.folder
         ours = [b for b in (self.base, *self.ladder) if b != "auto"]
         problems, seen = [], []
         for key in self.train.per_base or {}:
@@ -456,7 +466,7 @@ class TaskSpec:
     def on_its_base(self) -> tuple[TaskSpec, dict]:
         """This spec with the `train.per_base` entry for its own base applied, and that
         entry ({} when there is none)."""
-        where = self.spec_path.parent if self.spec_path else None
+        where = self.folder
         train, entry = self.train.for_base(self.base, where)
         return dataclasses.replace(self, train=train), entry
 
@@ -481,7 +491,7 @@ class TaskSpec:
         from kolm.errors import RecallError
         from kolm.recall.index import collect
 
-        base = self.spec_path.parent if self.spec_path else Path.cwd()
+        base = self.folder or Path.cwd()
         try:
             collect(self.corpus, base)
         except RecallError as e:
