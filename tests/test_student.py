@@ -104,8 +104,9 @@ def test_greedy_answers_with_the_instruction_run_once_equal_whole_prompts(monkey
 @pytest.mark.parametrize("window", [16, 128])
 def test_greedy_answers_of_a_sliding_window_model_equal_whole_prompts(monkeypatch, capsys, window):
     """Gemma 3's sliding-window layers count pads inside the window: the instruction is
-    shared only when every sequence fits in the window, and either way the answers are
-    those of whole prompts."""
+    shared either way, but once a sequence outgrows the window each batch holds rows of
+    one length only (no pads), and either way the answers are those of whole prompts,
+    in the prompts' order."""
     import torch
 
     import kolm.train as train
@@ -118,14 +119,20 @@ def test_greedy_answers_of_a_sliding_window_model_equal_whole_prompts(monkeypatc
 
     model = _tiny_gemma3_with_lora(window).eval()
     prefix = torch.randint(2, 320, (40,)).tolist()
-    prompts = [prefix + torch.randint(2, 320, (n,)).tolist() for n in (3, 9, 5, 12, 1, 7)]
-    assert (train.greedy_prefix(model, prompts, 10) > 0) == (window == 128)
+    lengths = (3, 9, 5, 12, 1, 7, 9, 3, 9)
+    prompts = [prefix + torch.randint(2, 320, (n,)).tolist() for n in lengths]
+    assert train.greedy_prefix(model, prompts) == 40
+    assert train.pads_must_go(model, prompts, 10) == (window == 16)
+    if window == 16:  # the three 9-token rows share a batch, the two 3-token rows another
+        assert sorted(train.answer_batches([n for n in lengths], 4, True)) == [
+            [0, 7], [1, 6, 8], [2], [3], [4], [5]
+        ]  # fmt: skip
     shared = train.greedy_outputs(model, Tok(), prompts, 10, batch=4)
     monkeypatch.setattr(train, "MIN_SHARED_PREFIX", 10**9)  # whole prompts
     capsys.readouterr()
     assert train.greedy_outputs(model, Tok(), prompts, 10, batch=4, bar="answers") == shared
-    shown = capsys.readouterr().err  # the progress bar, over all 6 prompts
-    assert "answers: 100%" in shown and "6/6" in shown
+    shown = capsys.readouterr().err  # the progress bar, over all 9 prompts
+    assert "answers: 100%" in shown and "9/9" in shown
 
 
 def test_long_rows_are_not_packed():

@@ -436,7 +436,9 @@ def greedy_outputs(
     keys/values are computed for the shared prefix and copied into each batch, and
     each row's own tokens follow after its padding (masked, positions counted past
     the pads), so only the rows' own tokens and the answers are computed per batch
-    (for clinc150's 150-label instruction, 655 of a prompt's ~670 tokens). `bar`
+    (for clinc150's 150-label instruction, 655 of a prompt's ~670 tokens). Where a
+    sliding window would count those pads (`pads_must_go`), a batch holds only rows
+    of one length, so it has none. Answers come back in the prompts' order. `bar`
     names a progress bar over the prompts (none when None)."""
     import copy
 
@@ -445,16 +447,21 @@ def greedy_outputs(
 
     device = next(model.parameters()).device
     pad = tok.pad_token_id
-    start = greedy_prefix(model, prompts, max_new_tokens)
+    start = greedy_prefix(model, prompts)
+    groups = answer_batches(
+        [len(p) - start for p in prompts],
+        batch,
+        bool(start) and pads_must_go(model, prompts, max_new_tokens),
+    )
     prefix_cache = None
     if start:
         with torch.no_grad():
             head = torch.tensor([list(prompts[0][:start])], dtype=torch.long, device=device)
             prefix_cache = model(input_ids=head, use_cache=True).past_key_values
-    outs: list[str] = []
+    outs: list[str] = [""] * len(prompts)
     shown = tqdm(total=len(prompts), desc=bar, unit="input", disable=bar is None, leave=True)
-    for i in range(0, len(prompts), batch):
-        rows = [list(r[start:]) for r in prompts[i : i + batch]]
+    for group in groups:
+        rows = [list(prompts[i][start:]) for i in group]
         width = max(len(r) for r in rows)
         head_ids = list(prompts[0][:start])
         ids = [head_ids + [pad] * (width - len(r)) + r for r in rows]
@@ -475,25 +482,42 @@ def greedy_outputs(
                 **extra,
             )
         new = gen[:, start + width :]
-        outs += [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
+        for i, text in zip(group, tok.batch_decode(new, skip_special_tokens=True), strict=True):
+            outs[i] = text.strip()
         shown.update(len(rows))
     shown.close()
     return outs
 
 
-def greedy_prefix(model, prompts: Sequence[list[int]], max_new_tokens: int) -> int:
-    """How many leading tokens `greedy_outputs` runs once for all prompts (0: none).
-
-    Each row's padding sits between the shared prefix and the row's own tokens. A
-    sliding-window layer counts its window in positions of the batch, pads included,
-    so the prefix is shared only when every sequence fits in the window."""
+def greedy_prefix(model, prompts: Sequence[list[int]]) -> int:
+    """How many leading tokens `greedy_outputs` runs once for all prompts (0: none)."""
     start = _common_prefix(prompts)
     if start < MIN_SHARED_PREFIX or _model_type(model) not in SHARED_PREFIX_ARCHS:
         return 0
-    window = getattr(_inner(model).config, "sliding_window", None)
-    if window and max(len(p) for p in prompts) + max_new_tokens > window:
-        return 0
     return start
+
+
+def pads_must_go(model, prompts: Sequence[list[int]], max_new_tokens: int) -> bool:
+    """Whether a batch after the shared prefix must hold no padding.
+
+    Each row's padding sits between the shared prefix and the row's own tokens. A
+    sliding-window layer counts its window in positions of the batch, pads included,
+    so once a sequence can outgrow the window (Gemma 3's 512 tokens against clinc150's
+    ~700-token prompts) a pad would push real tokens out of it."""
+    window = getattr(_inner(model).config, "sliding_window", None)
+    return bool(window) and max(len(p) for p in prompts) + max_new_tokens > window
+
+
+def answer_batches(lengths: Sequence[int], size: int, same_length: bool) -> list[list[int]]:
+    """Indices of the prompts in each batch of `greedy_outputs`: runs of `size` in order,
+    or, with `same_length`, runs of `size` among the prompts of each length (in the order
+    each length first appears), so no batch needs padding."""
+    if not same_length:
+        return [list(range(i, min(i + size, len(lengths)))) for i in range(0, len(lengths), size)]
+    by_length: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        by_length.setdefault(n, []).append(i)
+    return [idx[j : j + size] for idx in by_length.values() for j in range(0, len(idx), size)]
 
 
 def _common_prefix(prompts: Sequence[list[int]]) -> int:
