@@ -221,6 +221,9 @@ def test_dpo_stage_continues_the_sft_adapter_and_ships_a_gguf_llama_cpp_runs(tmp
     result, lines = _compile_method(tmp_path, "dpo")
     _check_aligned(result, "dpo")
     assert any("dpo:" in line and "preference pairs" in line for line in lines)
+    # PyTorch's reference answers, once for the SFT adapter and once for the stage's
+    reference = [line for line in lines if line.startswith("kolm: PyTorch reference answers")]
+    assert len(reference) == 2, lines
     # fewer pairs than one step holds gets a line saying the stage can do little
     pref = result.manifest["metrics"]["train"]["preference"]
     few = [line for line in lines if "too few to move the student" in line]

@@ -400,7 +400,7 @@ def _requantize_cached_adapter(p: Prepared, adapter: Path, log: Log) -> None:
 
 def _train_stage(p: Prepared, work: Path, progress: bool, log: Log) -> dict:
     from kolm.export import write_lora_gguf
-    from kolm.train import answer_ids, greedy_outputs, prompt_ids, save_adapter_state, train_lora
+    from kolm.train import answer_ids, save_adapter_state, train_lora
 
     log("kolm: training LoRA adapter")
     result = train_lora(
@@ -420,17 +420,7 @@ def _train_stage(p: Prepared, work: Path, progress: bool, log: Log) -> dict:
     tok = result.tokenizer
     answer_tokens = max(len(answer_ids(tok, p.fmt, e.output)) for e in p.train)
     max_new = p.spec.run.max_tokens or answer_tokens + 8
-    n = len(p.heldout)
-    rows = agreement_rows(n)
-    log(
-        f"kolm: PyTorch reference answers on the {n} held-out inputs"
-        if len(rows) == n
-        else f"kolm: PyTorch reference answers on {len(rows)} of {n} held-out inputs (evenly spread)"
-    )
-    held = [p.heldout[i].input for i in rows]
-    prompts = prompt_ids(tok, p.fmt, p.spec.description, held, p.contexts(held))
-    bar = "reference" if progress else None
-    torch_outputs = greedy_outputs(result.model, tok, prompts, max_new, bar=bar)
+    rows, torch_outputs = _reference_answers(p, result.model, tok, max_new, progress, log)
     info = {
         "steps": result.steps,
         "batch_size": result.batch_size,
@@ -495,7 +485,7 @@ def _run_align(p: Prepared, work, folder, sft_info, teacher_rows, progress, log)
             folder / "ckpt", max_new, progress, ctx,
         )  # fmt: skip
         _log_rewards(res.hyper, log)
-        return _finish_align(p, folder, model, tok, info, res, max_new)
+        return _finish_align(p, folder, model, tok, info, res, max_new, progress, log)
     pairs = teacher_pairs(teacher_rows) + _student_pairs(
         p, work, model, tok, contexts, max_new, log, progress
     )
@@ -515,7 +505,7 @@ def _run_align(p: Prepared, work, folder, sft_info, teacher_rows, progress, log)
             "a teacher's rejected samples add pairs"
         )
     res = align(model, tok, p.fmt, p.spec.description, pairs, cfg, folder / "ckpt", progress, ctx)
-    return _finish_align(p, folder, model, tok, info, res, max_new)
+    return _finish_align(p, folder, model, tok, info, res, max_new, progress, log)
 
 
 def _log_rewards(hyper: dict, log: Log) -> None:
@@ -556,18 +546,36 @@ def _student_pairs(
     return pairs
 
 
-def _finish_align(p: Prepared, folder: Path, model, tok, info: dict, res, max_new: int) -> dict:
+def _reference_answers(
+    p: Prepared, model, tok, max_new: int, progress: bool, log: Log
+) -> tuple[list[int], list[str]]:
+    """The held-out rows the llama.cpp/PyTorch agreement check samples, and PyTorch's
+    greedy answers to them."""
+    from kolm.train import greedy_outputs, prompt_ids
+
+    n = len(p.heldout)
+    rows = agreement_rows(n)
+    log(
+        f"kolm: PyTorch reference answers on the {n} held-out inputs"
+        if len(rows) == n
+        else f"kolm: PyTorch reference answers on {len(rows)} of {n} held-out inputs (evenly spread)"
+    )
+    held = [p.heldout[i].input for i in rows]
+    prompts = prompt_ids(tok, p.fmt, p.spec.description, held, p.contexts(held))
+    bar = "reference" if progress else None
+    return rows, greedy_outputs(model, tok, prompts, max_new, bar=bar)
+
+
+def _finish_align(
+    p: Prepared, folder: Path, model, tok, info: dict, res, max_new: int, progress: bool, log: Log
+) -> dict:
     """Export the stage's adapter, its PyTorch held-out answers and its record."""
     from kolm.export import write_lora_gguf
-    from kolm.train import greedy_outputs, prompt_ids
 
     tmp = folder / "adapter.gguf.partial"
     write_lora_gguf(model, p.base.gguf, tmp, p.spec.train.lora_alpha)
     tmp.replace(folder / "adapter.gguf")
-    rows = agreement_rows(len(p.heldout))
-    held = [p.heldout[i].input for i in rows]
-    prompts = prompt_ids(tok, p.fmt, p.spec.description, held, p.contexts(held))
-    info["torch_heldout_outputs"] = greedy_outputs(model, tok, prompts, max_new)
+    rows, info["torch_heldout_outputs"] = _reference_answers(p, model, tok, max_new, progress, log)
     info["torch_heldout_rows"] = rows
     info["torch_heldout_sha256"] = _sampled_sha(p, rows)
     shutil.rmtree(folder / "ckpt", ignore_errors=True)
