@@ -79,10 +79,12 @@ def measure(base_name: str, n: int, batch: int, threads: int, adapter: Path | No
         keep = T.MIN_SHARED_PREFIX
         if way == "whole":
             T.MIN_SHARED_PREFIX = 10**9
-        t = time.perf_counter()
-        answers[way] = T.greedy_outputs(model, tok, prompts, max_new, batch=batch, bar=way)
-        seconds = time.perf_counter() - t
-        T.MIN_SHARED_PREFIX = keep
+        try:
+            t = time.perf_counter()
+            answers[way] = T.greedy_outputs(model, tok, prompts, max_new, batch=batch, bar=way)
+            seconds = time.perf_counter() - t
+        finally:
+            T.MIN_SHARED_PREFIX = keep
         out[f"{way}_seconds"] = round(seconds, 1)
         out[f"{way}_prompts_per_s"] = round(len(prompts) / seconds, 2)
     out["shared_vs_whole"] = round(out["whole_seconds"] / out["shared_seconds"], 2)

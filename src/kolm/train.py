@@ -436,7 +436,7 @@ def greedy_outputs(
     keys/values are computed for the shared prefix and copied into each batch, and
     each row's own tokens follow after its padding (masked, positions counted past
     the pads), so only the rows' own tokens and the answers are computed per batch
-    (for clinc150's 150-label instruction, 655 of a prompt's ~670 tokens). Where a
+    (for clinc150's 150-label instruction, 655 of a prompt's ~670 tokens on SmolLM2). Where a
     sliding window would count those pads (`pads_must_go`), a batch holds only rows
     of one length, so it has none. Answers come back in the prompts' order. `bar`
     names a progress bar over the prompts (none when None)."""
@@ -503,7 +503,7 @@ def pads_must_go(model, prompts: Sequence[list[int]], max_new_tokens: int) -> bo
     Each row's padding sits between the shared prefix and the row's own tokens. A
     sliding-window layer counts its window in positions of the batch, pads included,
     so once a sequence can outgrow the window (Gemma 3's 512 tokens against clinc150's
-    ~700-token prompts) a pad would push real tokens out of it."""
+    ~663-token prompts) a pad would push real tokens out of it."""
     window = getattr(_inner(model).config, "sliding_window", None)
     return bool(window) and max(len(p) for p in prompts) + max_new_tokens > window
 
