@@ -61,9 +61,7 @@ def measure(base_name: str, n: int, batch: int, threads: int, adapter: Path | No
     model.eval()
     prompts = T.prompt_ids(tok, fmt, spec.description, [r.input for r in rows])
     max_new = 16
-    start = T.greedy_prefix(model, prompts)
-    same_length = bool(start) and T.pads_must_go(model, prompts, max_new)
-    batches = T.answer_batches([len(p) - start for p in prompts], batch, same_length)
+    start, batches = T.greedy_plan(model, prompts, max_new, batch)
     out = {
         "base": base_name,
         "adapter": str(adapter) if adapter else None,
@@ -71,7 +69,7 @@ def measure(base_name: str, n: int, batch: int, threads: int, adapter: Path | No
         "prompts": len(prompts),
         "prompt_tokens_mean": round(sum(map(len, prompts)) / len(prompts), 1),
         "shared_prefix_tokens": start,
-        "same_length_batches": same_length,
+        "same_length_batches": bool(start) and T.pads_must_go(model, prompts, max_new),
         "mean_batch": round(len(prompts) / len(batches), 2),
     }
     answers = {}

@@ -447,12 +447,7 @@ def greedy_outputs(
 
     device = next(model.parameters()).device
     pad = tok.pad_token_id
-    start = greedy_prefix(model, prompts)
-    groups = answer_batches(
-        [len(p) - start for p in prompts],
-        batch,
-        bool(start) and pads_must_go(model, prompts, max_new_tokens),
-    )
+    start, groups = greedy_plan(model, prompts, max_new_tokens, batch)
     prefix_cache = None
     if start:
         with torch.no_grad():
@@ -487,6 +482,16 @@ def greedy_outputs(
         shown.update(len(rows))
     shown.close()
     return outs
+
+
+def greedy_plan(
+    model, prompts: Sequence[list[int]], max_new_tokens: int, batch: int
+) -> tuple[int, list[list[int]]]:
+    """The leading tokens `greedy_outputs` runs once (`greedy_prefix`) and its batches,
+    as indices of the prompts (`answer_batches`)."""
+    start = greedy_prefix(model, prompts)
+    same_length = bool(start) and pads_must_go(model, prompts, max_new_tokens)
+    return start, answer_batches([len(p) - start for p in prompts], batch, same_length)
 
 
 def greedy_prefix(model, prompts: Sequence[list[int]]) -> int:
