@@ -436,9 +436,9 @@ def greedy_outputs(
     keys/values are computed for the shared prefix and copied into each batch, and
     each row's own tokens follow after its padding (masked, positions counted past
     the pads), so only the rows' own tokens and the answers are computed per batch
-    (for clinc150's 150-label instruction, 655 of a prompt's ~670 tokens on SmolLM2). Where a
-    sliding window would count those pads (`pads_must_go`), a batch holds only rows
-    of one length, so it has none. Answers come back in the prompts' order. `bar`
+    (for clinc150's 150-label instruction, 655 of a prompt's ~670 tokens on SmolLM2).
+    Where a sliding window would count those pads (`pads_must_go`), a batch holds only
+    rows of one length, so it has none. Answers come back in the prompts' order. `bar`
     names a progress bar over the prompts (none when None)."""
     import copy
 
@@ -448,17 +448,17 @@ def greedy_outputs(
     device = next(model.parameters()).device
     pad = tok.pad_token_id
     start, groups = greedy_plan(model, prompts, max_new_tokens, batch)
+    head_ids = list(prompts[0][:start]) if prompts else []
     prefix_cache = None
     if start:
         with torch.no_grad():
-            head = torch.tensor([list(prompts[0][:start])], dtype=torch.long, device=device)
+            head = torch.tensor([head_ids], dtype=torch.long, device=device)
             prefix_cache = model(input_ids=head, use_cache=True).past_key_values
     outs: list[str] = [""] * len(prompts)
     shown = tqdm(total=len(prompts), desc=bar, unit="input", disable=bar is None, leave=True)
     for group in groups:
         rows = [list(prompts[i][start:]) for i in group]
         width = max(len(r) for r in rows)
-        head_ids = list(prompts[0][:start])
         ids = [head_ids + [pad] * (width - len(r)) + r for r in rows]
         mask = [[1] * start + [0] * (width - len(r)) + [1] * len(r) for r in rows]
         extra = {}
