@@ -729,6 +729,92 @@ def _assert_same_loss_and_gradients(model, params, ids, mask, labels) -> None:
         assert max((a - b).abs().max().item() for a, b in zip(g_full, g_fast, strict=True)) < 1e-4
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_grpo_log_probs_with_the_instruction_run_once_equal_one_row_at_a_time(arch):
+    """GRPO's log-probabilities (`completion_logps`, what kolm's GRPO trainer learns from)
+    run the shared instruction once; each row's values and the adapter's gradients must
+    be those of the row alone, unpadded, whatever the padding TRL's layout gives it."""
+    import torch
+
+    import kolm.train as train
+
+    model = _tiny_gemma3_with_lora(16) if arch == "gemma3" else _tiny_llama_with_lora()
+    model.train()
+    pad, eos = 0, 1
+    prefix = torch.randint(2, 320, (40,)).tolist()
+    suffixes = (3, 9, 9, 5, 12, 1)
+    answers = (4, 1, 6, 2, 6, 3)  # some end in eos, some run to the limit
+    prompts = [prefix + torch.randint(2, 320, (n,)).tolist() for n in suffixes]
+    prompts[2] = list(prompts[1])  # a group: the same prompt sampled twice
+    completions = [torch.randint(2, 320, (n,)).tolist() for n in answers]
+    completions[1][-1] = completions[3][-1] = eos
+    width, limit = max(map(len, prompts)), max(answers)
+    ids = torch.tensor(
+        [[pad] * (width - len(q)) + q + c + [pad] * (limit - len(c))
+         for q, c in zip(prompts, completions, strict=True)]
+    )  # fmt: skip
+    at = torch.arange(ids.shape[1])[None]
+    starts = torch.tensor([width - len(q) for q in prompts])[:, None]
+    ends = torch.tensor([width + len(c) for c in completions])[:, None]
+    mask = ((at >= starts) & (at < ends)).long()
+    assert int(mask.sum()) == sum(map(len, prompts)) + sum(answers)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    logps, ents = train.completion_logps(model, ids, mask, limit, entropy=True)
+    assert logps.shape == ents.shape == (len(prompts), limit)
+    (logps * mask[:, width:]).sum().backward()
+    fast = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    total = 0
+    for r, (q, c) in enumerate(zip(prompts, completions, strict=True)):
+        logits = model(input_ids=torch.tensor([q + c])).logits[0, len(q) - 1 : -1]
+        alone = torch.log_softmax(logits.float(), -1).gather(1, torch.tensor(c)[:, None])[:, 0]
+        assert torch.allclose(logps[r, : len(c)], alone, atol=1e-5), r
+        assert not logps[r, len(c) :].any() and not ents[r, len(c) :].any()
+        spread = -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)
+        assert torch.allclose(ents[r, : len(c)], spread.detach(), atol=1e-4), r
+        total = total + alone.sum()
+    total.backward()
+    assert max((a - p.grad).abs().max().item() for a, p in zip(fast, params, strict=True)) < 1e-4
+    assert train.loss_path(model, *_relaid(ids, mask, width))[0] == "packed"
+
+
+def _relaid(ids, mask, width: int):
+    """`completion_logps`' layout of a GRPO batch: real tokens first, labels on the answers."""
+    import torch
+
+    own = [ids[r][mask[r].bool()] for r in range(ids.shape[0])]
+    n = max(map(len, own))
+    laid = torch.zeros((len(own), n), dtype=torch.long)
+    labels = torch.full_like(laid, -100)
+    for r, o in enumerate(own):
+        laid[r, : len(o)] = o
+        first = int(mask[r, :width].sum())
+        labels[r, first : len(o)] = o[first:]
+    lengths = torch.tensor([len(o) for o in own])
+    return laid, (torch.arange(n)[None] < lengths[:, None]).long(), labels
+
+
+def _tiny_llama_with_lora():
+    """A random 3-layer Llama with a non-zero LoRA adapter."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+    )  # fmt: skip
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    model = get_peft_model(LlamaForCausalLM(cfg), lora)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data.normal_(0, 0.05)
+    return model
+
+
 def _tiny_gemma3_with_lora(window: int):
     """A random 7-layer Gemma 3 (five sliding-window layers, one full, one sliding) with
     a non-zero LoRA adapter, so the adapter's path matters."""

@@ -154,6 +154,16 @@ def _train(trainer, model, folder, progress, method, n, counts, hyper) -> AlignR
 STAGE_VERSION = 3
 """Part of the stage's cache key: raised when the same inputs would train differently
 (3: long rows are micro-batched, which changes the last bits of a step)."""
+GRPO_VERSION = 2
+"""GRPO's own part of that key (2: samples and log-probabilities with the instruction
+run once, which draws other samples and holds more rows a pass)."""
+
+
+def stage_version(method: str) -> int | list[int]:
+    """The version part of a stage's cache key for `method`."""
+    return [STAGE_VERSION, GRPO_VERSION] if method == "grpo" else STAGE_VERSION
+
+
 PASS_TOKENS = 2048
 """Most tokens one forward/backward pass of a stage holds. One DPO step over 2 pairs of
 ~700-token rows (CLINC150's 150-label instruction; 4 sequences) peaked at 10.1 GB RSS in
@@ -228,13 +238,22 @@ def grpo(
     max_new: int,
     progress: bool = True,
     contexts: dict[str, Sequence[str]] | None = None,
+    shared: bool = True,
 ) -> AlignResult:
     """GRPO on the training inputs, continuing the PEFT `model` in place.
 
     `check(text)` is the verifier: the normalized answer, or None when it fails.
-    Checkpoints go to `folder` every 20 steps; a rerun resumes from the latest."""
+    Checkpoints go to `folder` every 20 steps; a rerun resumes from the latest.
+
+    With `shared` (always, but in `benchmarks/grpo_speed.py`), the instruction every
+    prompt opens with runs once per generation batch and once per pass, not once per
+    sampled answer: samples come from `train.generate_ids` and log-probabilities from
+    `train.completion_logps`, each row computed unpadded. A pass then holds as many
+    rows as fit in `PASS_TOKENS` beside one copy of the instruction."""
     from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOConfig
+
+    from kolm.train import greedy_prefix
 
     _quiet()
     accepted = {e.input: check(e.output) for e in examples}
@@ -251,9 +270,11 @@ def grpo(
     group = min(GRPO_GENERATIONS, cfg.batch_size)
     batch = max(group, cfg.batch_size - cfg.batch_size % group)
     hyper = {}
-    inputs = [e.input for e in examples]
-    longest = max(len(r) for r in _prompts(tok, fmt, instruction, inputs, contexts))
-    rows = micro_batch(batch, longest + max_new)  # one generation batch a step: no partial step
+    prompts = _prompts(tok, fmt, instruction, [e.input for e in examples], contexts)
+    longest = max(len(r) for r in prompts)
+    head = greedy_prefix(model, prompts) if shared else 0  # computed once per pass
+    # one generation batch a step: no partial step
+    rows = micro_batch(batch, longest - head + max_new, budget=max(PASS_TOKENS - head, 0))
     # no activation checkpointing: under it the student's samples were garbage (see above)
     _passes(common, hyper, batch, rows, checkpoint=False)
     args = GRPOConfig(
@@ -273,10 +294,11 @@ def grpo(
         "temperature": 1.0,
         "beta": 0.0,
         "reward": f"verifier: 1 accepted answer, {PARTIAL_REWARD} other passing answer, 0 failing",
+        "shared_instruction_tokens": head,
     }
     data = Dataset.from_list([{"prompt": e.input} for e in examples])
-    rollout = _rollout(tok, fmt, instruction, contexts, max_new)
-    trainer = GRPOTrainer(
+    rollout = _rollout(tok, fmt, instruction, contexts, max_new, shared)
+    trainer = _grpo_trainer(shared)(
         model=model,
         reward_funcs=[reward],
         args=args,
@@ -297,39 +319,93 @@ def _prompts(tok, fmt, instruction, inputs: Sequence[str], contexts) -> list[lis
     return prompt_ids(tok, fmt, instruction, inputs, ctx)
 
 
-def _rollout(tok, fmt, instruction, contexts, max_new: int):
+def _rollout(tok, fmt, instruction, contexts, max_new: int, shared: bool = True):
     """TRL's `rollout_func`: sample one answer per prompt (TRL repeats each input once per
-    generation), prompts tokenized exactly as SFT and the runtime build them."""
+    generation), prompts tokenized exactly as SFT and the runtime build them. With
+    `shared`, the instruction the prompts open with runs once for the whole generation
+    batch (`train.generate_ids`); without, every prompt runs whole, left-padded."""
 
     def rollout(prompts: list[str], trainer) -> dict:
-        import torch
+        from kolm.train import generate_ids
 
         ids = _prompts(tok, fmt, instruction, prompts, contexts)
-        model = trainer.model
-        device = next(model.parameters()).device
-        width = max(len(r) for r in ids)
-        pad = tok.pad_token_id
-        x = torch.tensor([[pad] * (width - len(r)) + r for r in ids], dtype=torch.long)
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in ids])
-        with torch.no_grad():
-            gen = model.generate(
-                input_ids=x.to(device),
-                attention_mask=mask.to(device),
-                do_sample=True,
-                temperature=1.0,
-                top_k=0,
-                top_p=1.0,
-                max_new_tokens=max_new,
-                pad_token_id=pad,
-                eos_token_id=tok.eos_token_id,
-            )
-        completions = []
-        for row in gen[:, width:].tolist():
-            end = row.index(tok.eos_token_id) + 1 if tok.eos_token_id in row else len(row)
-            completions.append(row[:end])
+        sampling = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+        if shared:
+            completions = generate_ids(trainer.model, tok, ids, max_new, len(ids), **sampling)
+        else:
+            completions = _whole_prompt_samples(trainer.model, tok, ids, max_new, sampling)
         return {"prompt_ids": ids, "completion_ids": completions, "logprobs": None}
 
     return rollout
+
+
+def _whole_prompt_samples(model, tok, ids: list[list[int]], max_new: int, sampling: dict):
+    """Samples with every prompt run whole in one left-padded batch (TRL's own way;
+    `benchmarks/grpo_speed.py` measures the shared-instruction path against it)."""
+    import torch
+
+    device = next(model.parameters()).device
+    width = max(len(r) for r in ids)
+    pad, eos = tok.pad_token_id, tok.eos_token_id
+    x = torch.tensor([[pad] * (width - len(r)) + r for r in ids], dtype=torch.long)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in ids])
+    with torch.no_grad():
+        gen = model.generate(
+            input_ids=x.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=max_new,
+            pad_token_id=pad,
+            eos_token_id=eos,
+            **sampling,
+        )
+    return [row[: row.index(eos) + 1] if eos in row else row for row in gen[:, width:].tolist()]
+
+
+def _grpo_trainer(shared: bool):
+    """TRL's GRPO trainer; with `shared`, its log-probabilities come from
+    `train.completion_logps` (each row unpadded, the shared instruction run once)."""
+    from trl import GRPOTrainer
+
+    if not shared:
+        return GRPOTrainer
+
+    class SharedPrefixGRPO(GRPOTrainer):
+        def _get_per_token_logps_and_entropies(
+            self,
+            model,
+            input_ids,
+            attention_mask,
+            logits_to_keep,
+            batch_size=None,
+            compute_entropy=False,
+            compute_aux_loss=False,
+            **media,
+        ):
+            if compute_aux_loss or any(v is not None for v in media.values()):
+                return super()._get_per_token_logps_and_entropies(
+                    model, input_ids, attention_mask, logits_to_keep, batch_size,
+                    compute_entropy, compute_aux_loss, **media,
+                )  # fmt: skip
+            import torch
+
+            from kolm.train import completion_logps
+
+            size = batch_size or input_ids.size(0)
+            logps, ents = [], []
+            for i in range(0, input_ids.size(0), size):
+                lp, ent = completion_logps(
+                    model,
+                    input_ids[i : i + size],
+                    attention_mask[i : i + size],
+                    logits_to_keep,
+                    entropy=compute_entropy,
+                )
+                logps.append(lp)
+                ents.append(ent)
+            entropies = torch.cat(ents) if compute_entropy else None
+            return torch.cat(logps), entropies, None
+
+    return SharedPrefixGRPO
 
 
 def _tokenized(tok, fmt, instruction, pairs, cfg: TrainConfig, contexts) -> list[dict]:

@@ -450,10 +450,10 @@ def _align_stage(
 
     Returns the adapter to ship and the train info (the SFT adapter when there are no pairs)."""
     cfg = p.spec.train
-    from kolm.align import STAGE_VERSION
+    from kolm.align import stage_version
 
     key = {"sft": work.name, "pairs": report.preference_pairs() if report else []}
-    key["stage"] = STAGE_VERSION
+    key["stage"] = stage_version(cfg.method)
     key |= {k: v for k, v in cfg.settings().items() if k not in sft_config(p)}
     folder = work / f"{cfg.method}-{hashlib.sha256(canonical_json(key)).hexdigest()[:12]}"
     if (folder / "done.json").is_file():

@@ -301,21 +301,84 @@ def answer_loss(model, ids, mask, labels, pack: bool = True, path: tuple[str, in
     caller already has it."""
     import torch.nn.functional as F
 
-    inner = model.get_base_model()
     path, start = path or loss_path(model, ids, mask, labels, pack)
     if path == "full":
         return _full_loss(model, ids, mask, labels)
-    if path == "packed":
-        return _packed_loss(inner, ids, mask, labels, start)
+    logits, target = answer_logits(model, ids, mask, labels, path=(path, start))
+    return F.cross_entropy(logits.float(), target)
+
+
+def answer_logits(model, ids, mask, labels, pack: bool = True, path: tuple[str, int] | None = None):
+    """(logits, labels): the output layer at every position whose next token carries a
+    label, and those labels, row by row and in order within a row, computed as
+    `answer_loss` computes them (the shared prefix run once, gradients flowing through
+    it). Each row holds its tokens first, then its padding."""
+    inner = model.get_base_model()
+    path, start = path or loss_path(model, ids, mask, labels, pack)
     target = labels[:, 1:]
     keep = target != -100
+    if path == "full":
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        return logits[:, :-1][keep], target[keep]
+    if path == "packed":
+        return _packed_logits(inner, ids, mask, labels, start)
     if path == "prefix":
         hidden = _hidden_after_prefix(inner.model, ids, mask, start)
     else:
         hidden = inner.model(input_ids=ids, attention_mask=mask).last_hidden_state
     keep = keep[:, start:]
-    logits = inner.lm_head(hidden[:, :-1][keep])
-    return F.cross_entropy(logits.float(), target[:, start:][keep])
+    return inner.lm_head(hidden[:, :-1][keep]), target[:, start:][keep]
+
+
+def completion_logps(model, ids, mask, n_completion: int, entropy: bool = False):
+    """Log-probabilities of each row's completion tokens, for GRPO's loss.
+
+    `ids` holds prompts (left-padded) then completions (right-padded), `mask` marks the
+    real tokens and the last `n_completion` columns are the completions. Returns
+    (log-probs, entropies or None), each rows × `n_completion`, zero past a
+    completion's end.
+
+    Each row is computed unpadded, as llama.cpp or a one-row forward pass sees it: the
+    rows are laid out again, real tokens first, and go through `answer_logits`, so the
+    instruction every prompt opens with runs once (the rows packed into one sequence,
+    or its keys/values copied into each row) instead of once per row, and the output
+    layer runs only at completion positions."""
+    import torch
+    import torch.nn.functional as F
+
+    rows, width = ids.shape
+    first = width - n_completion
+    real = mask.bool()
+    own = [ids[r][real[r]] for r in range(rows)]
+    n_prompt = real[:, :first].sum(dim=1).tolist()
+    n_done = real[:, first:].sum(dim=1).tolist()
+    for r in range(rows):
+        if not bool(real[r, first : first + n_done[r]].all()):
+            raise TrainingError("a completion has padding before its last token")
+    longest = max(len(o) for o in own)
+    laid = torch.zeros((rows, longest), dtype=ids.dtype, device=ids.device)
+    laid_mask = torch.zeros((rows, longest), dtype=mask.dtype, device=ids.device)
+    labels = torch.full_like(laid, -100)
+    for r, o in enumerate(own):
+        laid[r, : len(o)] = o
+        laid_mask[r, : len(o)] = 1
+        labels[r, n_prompt[r] : len(o)] = o[n_prompt[r] :]
+    logits, target = answer_logits(model, laid, laid_mask, labels)
+    logp = F.log_softmax(logits.float(), dim=-1)
+    picked = logp.gather(1, target[:, None])[:, 0]
+    out = torch.zeros((rows, n_completion), dtype=picked.dtype, device=ids.device)
+    spread = None
+    if entropy:
+        with torch.no_grad():
+            spread = -(logp.exp() * logp).sum(dim=-1)
+    ent = torch.zeros_like(out) if entropy else None
+    at = 0
+    for r, n in enumerate(n_done):
+        out[r, :n] = picked[at : at + n]
+        if ent is not None:
+            ent[r, :n] = spread[at : at + n]
+        at += n
+    return out, ent
 
 
 def loss_path(model, ids, mask, labels, pack: bool = True) -> tuple[str, int]:
@@ -370,14 +433,13 @@ def packed_length(mask, start: int) -> int:
     return int(start + (mask.sum(dim=1) - start).clamp(min=0).sum().item())
 
 
-def _packed_loss(inner, ids, mask, labels, start: int):
-    """The answer loss with the batch packed into one sequence: the shared prefix once,
+def _packed_logits(inner, ids, mask, labels, start: int):
+    """`answer_logits` with the batch packed into one sequence: the shared prefix once,
     then each row's own tokens (no padding). A row's tokens see the prefix and their own
     row, causally, at the positions they hold in the unpacked batch; a sliding-window
     layer's window counts those positions. The same values and gradients as the batched
     forward pass, without copying the prefix's keys/values into every row."""
     import torch
-    import torch.nn.functional as F
 
     lengths = mask.sum(dim=1).tolist()
     pieces, positions, owners = [ids[0, :start]], [torch.arange(start)], [torch.full((start,), -1)]
@@ -404,7 +466,7 @@ def _packed_loss(inner, ids, mask, labels, start: int):
         attention = {"full_attention": attention, "sliding_attention": (visible & near)[None, None]}
     hidden = inner.model(input_ids=seq, attention_mask=attention, position_ids=pos[None])
     logits = inner.lm_head(hidden.last_hidden_state[0, torch.cat(picks).to(device)])
-    return F.cross_entropy(logits.float(), torch.cat(targets))
+    return logits, torch.cat(targets)
 
 
 def _hidden_after_prefix(body, ids, mask, start: int):
@@ -430,7 +492,23 @@ def greedy_outputs(
     bar: str | None = None,
 ) -> list[str]:
     """PyTorch greedy answers to prompts given as token ids (from `prompt_ids`), for
-    checking that llama.cpp agrees with the trained model.
+    checking that llama.cpp agrees with the trained model (`generate_ids`, decoded)."""
+    ids = generate_ids(model, tok, prompts, max_new_tokens, batch, bar, do_sample=False)
+    return [text.strip() for text in tok.batch_decode(ids, skip_special_tokens=True)]
+
+
+def generate_ids(
+    model,
+    tok,
+    prompts: Sequence[list[int]],
+    max_new_tokens: int,
+    batch: int = 8,
+    bar: str | None = None,
+    **sampling,
+) -> list[list[int]]:
+    """The new tokens `model.generate` gives each prompt (token ids, from `prompt_ids`),
+    through its first end-of-sequence token; `sampling` goes to `generate` (greedy
+    answers, or GRPO's samples).
 
     The instruction every prompt opens with is run once, not once per prompt: its
     keys/values are computed for the shared prefix and copied into each batch, and
@@ -446,7 +524,7 @@ def greedy_outputs(
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
-    pad = tok.pad_token_id
+    pad, eos = tok.pad_token_id, tok.eos_token_id
     start, groups = greedy_plan(model, prompts, max_new_tokens, batch)
     head_ids = list(prompts[0][:start]) if prompts else []
     prefix_cache = None
@@ -454,7 +532,7 @@ def greedy_outputs(
         with torch.no_grad():
             head = torch.tensor([head_ids], dtype=torch.long, device=device)
             prefix_cache = model(input_ids=head, use_cache=True).past_key_values
-    outs: list[str] = [""] * len(prompts)
+    outs: list[list[int]] = [[] for _ in prompts]
     shown = tqdm(total=len(prompts), desc=bar, unit="input", disable=bar is None, leave=True)
     for group in groups:
         rows = [list(prompts[i][start:]) for i in group]
@@ -470,15 +548,14 @@ def greedy_outputs(
             gen = model.generate(
                 input_ids=torch.tensor(ids, dtype=torch.long, device=device),
                 attention_mask=torch.tensor(mask, device=device),
-                do_sample=False,
                 max_new_tokens=max_new_tokens,
                 pad_token_id=pad,
-                eos_token_id=tok.eos_token_id,
+                eos_token_id=eos,
+                **sampling,
                 **extra,
             )
-        new = gen[:, start + width :]
-        for i, text in zip(group, tok.batch_decode(new, skip_special_tokens=True), strict=True):
-            outs[i] = text.strip()
+        for i, new in zip(group, gen[:, start + width :].tolist(), strict=True):
+            outs[i] = new[: new.index(eos) + 1] if eos in new else new
         shown.update(len(rows))
     shown.close()
     return outs
