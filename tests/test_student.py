@@ -157,6 +157,9 @@ def test_long_rows_are_not_packed():
         return ids, torch.ones_like(ids), labels
 
     assert loss_path(Model(), *batch(30)) == ("packed", 62)  # the shipped tickets' shape
+    eager = Model()
+    eager.config = type("C", (), {"model_type": "llama", "_attn_implementation": "eager"})()
+    assert loss_path(eager, *batch(30)) == ("prefix", 62)  # it would add the boolean mask
     assert loss_path(Model(), *batch(12, prefix=673)) == ("packed", 673)  # 150 intents
     ids, mask, labels = batch(240)
     assert loss_path(Model(), ids, mask, labels) == ("prefix", 62)
@@ -730,13 +733,22 @@ def _assert_same_loss_and_gradients(model, params, ids, mask, labels) -> None:
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
-def test_grpo_log_probs_with_the_instruction_run_once_equal_one_row_at_a_time(arch):
+def test_grpo_log_probs_with_the_instruction_run_once_equal_one_row_at_a_time(arch, monkeypatch):
     """GRPO's log-probabilities (`completion_logps`, what kolm's GRPO trainer learns from)
     run the shared instruction once; each row's values and the adapter's gradients must
     be those of the row alone, unpadded, whatever the padding TRL's layout gives it."""
     import torch
 
     import kolm.train as train
+
+    paths = []
+    plain = train.answer_logits
+
+    def spy(model, ids, mask, labels, **kw):
+        paths.append(train.loss_path(model, ids, mask, labels))
+        return plain(model, ids, mask, labels, **kw)
+
+    monkeypatch.setattr(train, "answer_logits", spy)
 
     model = _tiny_gemma3_with_lora(16) if arch == "gemma3" else _tiny_llama_with_lora()
     model.train()
@@ -777,23 +789,14 @@ def test_grpo_log_probs_with_the_instruction_run_once_equal_one_row_at_a_time(ar
         total = total + alone.sum()
     total.backward()
     assert max((a - p.grad).abs().max().item() for a, p in zip(fast, params, strict=True)) < 1e-4
-    assert train.loss_path(model, *_relaid(ids, mask, width))[0] == "packed"
-
-
-def _relaid(ids, mask, width: int):
-    """`completion_logps`' layout of a GRPO batch: real tokens first, labels on the answers."""
-    import torch
-
-    own = [ids[r][mask[r].bool()] for r in range(ids.shape[0])]
-    n = max(map(len, own))
-    laid = torch.zeros((len(own), n), dtype=torch.long)
-    labels = torch.full_like(laid, -100)
-    for r, o in enumerate(own):
-        laid[r, : len(o)] = o
-        first = int(mask[r, :width].sum())
-        labels[r, first : len(o)] = o[first:]
-    lengths = torch.tensor([len(o) for o in own])
-    return laid, (torch.arange(n)[None] < lengths[:, None]).long(), labels
+    # a completion masked whole (TRL's truncated-answer option) scores nothing and must
+    # not end the shared prefix for the rest of the pass
+    mask[4, width:] = 0
+    again, _ = train.completion_logps(model, ids, mask, limit)
+    assert not again[4].any()
+    keep = [0, 1, 2, 3, 5]
+    assert torch.allclose(again[keep], logps[keep].detach(), atol=1e-5)
+    assert paths == [("packed", 40), ("packed", 40)]
 
 
 def _tiny_llama_with_lora():

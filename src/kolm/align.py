@@ -14,7 +14,9 @@ itself and rewards each with the verifier (1 when it passes and equals the accep
 answer, `PARTIAL_REWARD` when it passes but differs, 0 when it fails). Sampling goes
 through `_rollout`, which builds prompts with the same tokenizer path as SFT, so TRL
 never templates or re-tokenizes text here either. No KL term (TRL's default, beta 0):
-with a LoRA, TRL's reference would be the bare base, not the SFT adapter.
+with a LoRA, TRL's reference would be the bare base, not the SFT adapter. The
+instruction every prompt opens with runs once per generation batch and once per pass
+(kolm.train's `generate_ids` and `completion_logps`), not once per sampled answer.
 
 A step still averages `train.batch_size` pairs (or GRPO samples), but one pass holds at
 most `PASS_TOKENS` tokens: long rows (a 150-label instruction makes a pair ~1,400 tokens)
@@ -253,7 +255,7 @@ def grpo(
     from datasets import Dataset
     from trl import GRPOConfig
 
-    from kolm.train import greedy_prefix
+    from kolm.train import loss_prefix
 
     _quiet()
     accepted = {e.input: check(e.output) for e in examples}
@@ -272,7 +274,7 @@ def grpo(
     hyper = {}
     prompts = _prompts(tok, fmt, instruction, [e.input for e in examples], contexts)
     longest = max(len(r) for r in prompts)
-    head = greedy_prefix(model, prompts) if shared else 0  # computed once per pass
+    head = loss_prefix(model, prompts) if shared else 0  # computed once per pass
     # one generation batch a step: no partial step
     rows = micro_batch(batch, longest - head + max_new, budget=max(PASS_TOKENS - head, 0))
     # no activation checkpointing: under it the student's samples were garbage (see above)
@@ -381,7 +383,10 @@ def _grpo_trainer(shared: bool):
             compute_aux_loss=False,
             **media,
         ):
-            if compute_aux_loss or any(v is not None for v in media.values()):
+            # kolm samples at temperature 1 with no entropy bonus; anything else is TRL's
+            bonus = self.entropy_coef != 0.0 or self.use_adaptive_entropy
+            other = compute_aux_loss or bonus or self.temperature != 1.0
+            if other or any(v is not None for v in media.values()):
                 return super()._get_per_token_logps_and_entropies(
                     model, input_ids, attention_mask, logits_to_keep, batch_size,
                     compute_entropy, compute_aux_loss, **media,

@@ -349,20 +349,25 @@ def completion_logps(model, ids, mask, n_completion: int, entropy: bool = False)
     rows, width = ids.shape
     first = width - n_completion
     real = mask.bool()
-    own = [ids[r][real[r]] for r in range(rows)]
     n_prompt = real[:, :first].sum(dim=1).tolist()
     n_done = real[:, first:].sum(dim=1).tolist()
     for r in range(rows):
+        if not n_prompt[r]:
+            raise TrainingError("a completion has no prompt before it")
         if not bool(real[r, first : first + n_done[r]].all()):
             raise TrainingError("a completion has padding before its last token")
+    # a row whose completion is all masked has nothing to score; left in, it would end
+    # the shared prefix at its first token (no label there) for the whole pass
+    scored = [r for r in range(rows) if n_done[r]] or list(range(rows))
+    own = [ids[r][real[r]] for r in scored]
     longest = max(len(o) for o in own)
-    laid = torch.zeros((rows, longest), dtype=ids.dtype, device=ids.device)
-    laid_mask = torch.zeros((rows, longest), dtype=mask.dtype, device=ids.device)
+    laid = torch.zeros((len(own), longest), dtype=ids.dtype, device=ids.device)
+    laid_mask = torch.zeros((len(own), longest), dtype=mask.dtype, device=ids.device)
     labels = torch.full_like(laid, -100)
-    for r, o in enumerate(own):
-        laid[r, : len(o)] = o
-        laid_mask[r, : len(o)] = 1
-        labels[r, n_prompt[r] : len(o)] = o[n_prompt[r] :]
+    for i, (r, o) in enumerate(zip(scored, own, strict=True)):
+        laid[i, : len(o)] = o
+        laid_mask[i, : len(o)] = 1
+        labels[i, n_prompt[r] : len(o)] = o[n_prompt[r] :]
     logits, target = answer_logits(model, laid, laid_mask, labels)
     logp = F.log_softmax(logits.float(), dim=-1)
     picked = logp.gather(1, target[:, None])[:, 0]
@@ -373,7 +378,8 @@ def completion_logps(model, ids, mask, n_completion: int, entropy: bool = False)
             spread = -(logp.exp() * logp).sum(dim=-1)
     ent = torch.zeros_like(out) if entropy else None
     at = 0
-    for r, n in enumerate(n_done):
+    for r in scored:
+        n = n_done[r]
         out[r, :n] = picked[at : at + n]
         if ent is not None:
             ent[r, :n] = spread[at : at + n]
@@ -392,7 +398,10 @@ def loss_path(model, ids, mask, labels, pack: bool = True) -> tuple[str, int]:
     if start < MIN_SHARED_PREFIX:
         return "rows", 0
     packed, (rows, width) = packed_length(mask, start), mask.shape
-    if pack and packed <= PACK_MAX_TOKENS and packed * packed <= PACK_AREA * rows * width * width:
+    # the packed mask is boolean: sdpa honours it, eager attention would add it as 0/1
+    sdpa = getattr(inner.config, "_attn_implementation", "sdpa") == "sdpa"
+    fits = packed <= PACK_MAX_TOKENS and packed * packed <= PACK_AREA * rows * width * width
+    if pack and sdpa and fits:
         return "packed", start
     return "prefix", start
 
@@ -569,6 +578,14 @@ def greedy_plan(
     start = greedy_prefix(model, prompts)
     same_length = bool(start) and pads_must_go(model, prompts, max_new_tokens)
     return start, answer_batches([len(p) - start for p in prompts], batch, same_length)
+
+
+def loss_prefix(model, prompts: Sequence[list[int]]) -> int:
+    """How many leading tokens `answer_logits` runs once for a batch of rows opening with
+    these prompts (0: none, as under a final logit softcap, where it runs whole rows)."""
+    if getattr(_inner(model).config, "final_logit_softcapping", None):
+        return 0
+    return greedy_prefix(model, prompts)
 
 
 def greedy_prefix(model, prompts: Sequence[list[int]]) -> int:
