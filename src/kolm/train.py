@@ -540,7 +540,8 @@ def generate_ids(
     if start:
         with torch.no_grad():
             head = torch.tensor([head_ids], dtype=torch.long, device=device)
-            prefix_cache = model(input_ids=head, use_cache=True).past_key_values
+            # the output layer at one position only: its logits are not used
+            prefix_cache = model(input_ids=head, use_cache=True, logits_to_keep=1).past_key_values
     outs: list[list[int]] = [[] for _ in prompts]
     shown = tqdm(total=len(prompts), desc=bar, unit="input", disable=bar is None, leave=True)
     for group in groups:
