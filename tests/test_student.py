@@ -802,7 +802,6 @@ def test_grpo_log_probs_with_the_instruction_run_once_equal_one_row_at_a_time(ar
 def _tiny_llama_with_lora():
     """A random 3-layer Llama with a non-zero LoRA adapter."""
     import torch
-    from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -810,19 +809,13 @@ def _tiny_llama_with_lora():
         vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
     )  # fmt: skip
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
-    model = get_peft_model(LlamaForCausalLM(cfg), lora)
-    for p in model.parameters():
-        if p.requires_grad:
-            p.data.normal_(0, 0.05)
-    return model
+    return _with_lora(LlamaForCausalLM(cfg))
 
 
 def _tiny_gemma3_with_lora(window: int):
     """A random 7-layer Gemma 3 (five sliding-window layers, one full, one sliding) with
     a non-zero LoRA adapter, so the adapter's path matters."""
     import torch
-    from peft import LoraConfig, get_peft_model
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     torch.manual_seed(0)
@@ -831,8 +824,15 @@ def _tiny_gemma3_with_lora(window: int):
         num_attention_heads=4, num_key_value_heads=1, head_dim=16, sliding_window=window,
         max_position_embeddings=256, final_logit_softcapping=None, attn_logit_softcapping=None,
     )  # fmt: skip
+    return _with_lora(Gemma3ForCausalLM(cfg))
+
+
+def _with_lora(model):
+    """`model` with a rank-4 LoRA adapter on q/v whose weights are random, not zero."""
+    from peft import LoraConfig, get_peft_model
+
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
-    model = get_peft_model(Gemma3ForCausalLM(cfg), lora)
+    model = get_peft_model(model, lora)
     for p in model.parameters():
         if p.requires_grad:
             p.data.normal_(0, 0.05)
