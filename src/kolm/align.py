@@ -332,35 +332,12 @@ def _rollout(tok, fmt, instruction, contexts, max_new: int, shared: bool = True)
 
         ids = _prompts(tok, fmt, instruction, prompts, contexts)
         sampling = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
-        if shared:
-            completions = generate_ids(trainer.model, tok, ids, max_new, len(ids), **sampling)
-        else:
-            completions = _whole_prompt_samples(trainer.model, tok, ids, max_new, sampling)
+        completions = generate_ids(
+            trainer.model, tok, ids, max_new, len(ids), share_prefix=shared, **sampling
+        )
         return {"prompt_ids": ids, "completion_ids": completions, "logprobs": None}
 
     return rollout
-
-
-def _whole_prompt_samples(model, tok, ids: list[list[int]], max_new: int, sampling: dict):
-    """Samples with every prompt run whole in one left-padded batch (TRL's own way;
-    `benchmarks/grpo_speed.py` measures the shared-instruction path against it)."""
-    import torch
-
-    device = next(model.parameters()).device
-    width = max(len(r) for r in ids)
-    pad, eos = tok.pad_token_id, tok.eos_token_id
-    x = torch.tensor([[pad] * (width - len(r)) + r for r in ids], dtype=torch.long)
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in ids])
-    with torch.no_grad():
-        gen = model.generate(
-            input_ids=x.to(device),
-            attention_mask=mask.to(device),
-            max_new_tokens=max_new,
-            pad_token_id=pad,
-            eos_token_id=eos,
-            **sampling,
-        )
-    return [row[: row.index(eos) + 1] if eos in row else row for row in gen[:, width:].tolist()]
 
 
 def _grpo_trainer(shared: bool):

@@ -513,11 +513,13 @@ def generate_ids(
     max_new_tokens: int,
     batch: int = 8,
     bar: str | None = None,
+    share_prefix: bool = True,
     **sampling,
 ) -> list[list[int]]:
     """The new tokens `model.generate` gives each prompt (token ids, from `prompt_ids`),
     through its first end-of-sequence token; `sampling` goes to `generate` (greedy
-    answers, or GRPO's samples).
+    answers, or GRPO's samples). `share_prefix=False` runs every prompt whole, left-padded
+    (TRL's own way, which `benchmarks/grpo_speed.py` measures against).
 
     The instruction every prompt opens with is run once, not once per prompt: its
     keys/values are computed for the shared prefix and copied into each batch, and
@@ -534,7 +536,10 @@ def generate_ids(
 
     device = next(model.parameters()).device
     pad, eos = tok.pad_token_id, tok.eos_token_id
-    start, groups = greedy_plan(model, prompts, max_new_tokens, batch)
+    if share_prefix:
+        start, groups = greedy_plan(model, prompts, max_new_tokens, batch)
+    else:
+        start, groups = 0, answer_batches([len(p) for p in prompts], batch, False)
     head_ids = list(prompts[0][:start]) if prompts else []
     prefix_cache = None
     if start:
