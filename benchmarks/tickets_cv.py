@@ -8,6 +8,8 @@
     .venv/bin/python benchmarks/tickets_cv.py --rows-out rows.jsonl --label-scores
     .venv/bin/python benchmarks/tickets_cv.py --hard-negatives dpo
     .venv/bin/python benchmarks/tickets_cv.py --base gemma3-270m --grpo
+    .venv/bin/python benchmarks/tickets_cv.py --soup 3 --only 0 --rows-out soup-rows.jsonl
+    .venv/bin/python benchmarks/tickets_cv.py --soup 3 --same-init --only 0
     .venv/bin/python benchmarks/tickets_cv.py --compare b8-rows.jsonl b4-rows.jsonl
 
 The compile scores the student on one split: 64 held-out rows, where one row is 1.6
@@ -30,6 +32,10 @@ class probabilities, for comparing two runs row by row or combining student and 
 `--hard-negatives METHOD` adds a preference stage after SFT (`kolm.align`, the compile's
 code) with a pair for every training row: its label against the wrong label the SFT
 student scores highest on it. `--grpo` adds the compile's GRPO stage after SFT instead.
+`--soup N` trains N students that differ only in their seed and scores one
+model holding the mean of their LoRA updates; each seed's answers are kept beside it,
+with their majority vote (`--same-init`: the seed changes the order of the batches,
+not the LoRA initialisation).
 `--compare A B` trains nothing: it reads two `--rows-out` files of the same folds and
 prints each one's accuracy per fold, the rows only one of them gets right and the exact
 McNemar p-value (B against A).
@@ -44,7 +50,7 @@ import random
 import statistics
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,15 +115,75 @@ def hard_negatives(model, tok, fmt, instruction: str, train: list, labels: list[
     return out
 
 
+def soup(
+    base, fmt, instruction: str, train: list, held: list, cfg, n: int, same_init: bool = False
+) -> tuple:
+    """`n` students trained alike but for the seed (`cfg.seed`, `cfg.seed + 1`, ...), and
+    one model whose weights are the base plus the mean of their LoRA updates (a uniform
+    soup; the same as one LoRA of n times the rank). `same_init`: the seed changes only
+    the order of the batches, and every student starts from the same LoRA initialisation.
+    (the soup as a plain model, the tokenizer, each seed's greedy answers, the students'
+    training seconds and steps, summed)."""
+    from unittest import mock
+
+    import torch
+
+    import kolm.train
+    from kolm.train import answer_ids, greedy_outputs, prompt_ids, train_lora
+
+    batches = kolm.train._bucketed_batches
+    mean: dict[str, torch.Tensor] = {}
+    answers, secs, steps = [], 0.0, 0
+    for j in range(n):
+
+        def order(lengths, size, n_steps, seed, j=j):
+            return batches(lengths, size, n_steps, seed + j)
+
+        c = cfg if same_init else dataclasses.replace(cfg, seed=cfg.seed + j)
+        with mock.patch.object(kolm.train, "_bucketed_batches", order if same_init else batches):
+            res = train_lora(base.gguf, fmt, instruction, train, c, None, progress=False)
+        tok, model = res.tokenizer, res.model
+        secs, steps = secs + res.seconds, steps + res.steps
+        max_new = max(len(answer_ids(tok, fmt, e.output)) for e in train) + 8
+        prompts = prompt_ids(tok, fmt, instruction, [e.input for e in held])
+        answers.append(greedy_outputs(model, tok, prompts, max_new))
+        with torch.no_grad():
+            own = {  # PEFT's module name -> this student's update to its weight
+                name: mod.get_delta_weight("default")
+                for name, mod in model.named_modules()
+                if "default" in getattr(mod, "lora_A", {})
+            }
+            for name, d in own.items():
+                mean[name] = mean[name] + d / n if name in mean else d / n
+    with torch.no_grad():
+        merged = model.merge_and_unload()  # the base plus the last student's update
+        for name, mod in merged.named_modules():
+            key = "base_model.model." + name
+            if key in mean:
+                mod.weight += mean[key] - own[key]
+    merged.eval()
+    return merged, tok, answers, secs, steps
+
+
 def run_fold(
     spec, base, fmt, instruction: str, train: list, held: list, scores: bool = False,
-    hard: str | None = None, work: Path | None = None, grpo: bool = False,
+    hard: str | None = None, work: Path | None = None, grpo: bool = False, n_soup: int = 0,
+    same_init: bool = False,
 ) -> dict:  # fmt: skip
     from kolm.floor import label_floor
     from kolm.train import answer_ids, greedy_outputs, prompt_ids, train_lora
 
     t = time.perf_counter()
-    result = train_lora(base.gguf, fmt, instruction, train, spec.train, None, progress=False)
+    seeds: list = []
+    if n_soup:
+        model, tok, seeds, secs, steps = soup(
+            base, fmt, instruction, train, held, spec.train, n_soup, same_init
+        )
+        result = argparse.Namespace(
+            model=model, tokenizer=tok, seconds=secs, steps=steps, tokens_per_second=0.0
+        )
+    else:
+        result = train_lora(base.gguf, fmt, instruction, train, spec.train, None, progress=False)
     tok = result.tokenizer
     max_new = max(len(answer_ids(tok, fmt, e.output)) for e in train) + 8
     stage: dict = {}
@@ -177,6 +243,19 @@ def run_fold(
         ]
     student = [a.strip().lower() == g for a, g in zip(answers, gold, strict=True)]
     paired = floor.against(student)
+    if seeds:
+        stage = {
+            "seed_students": [
+                sum(a.strip().lower() == g for a, g in zip(s, gold, strict=True)) for s in seeds
+            ]
+        }
+        votes = []
+        for x, *each in zip(extra, *seeds, strict=True):
+            x["seeds"] = [a.strip().lower() for a in each]
+            top, count = Counter(x["seeds"]).most_common(1)[0]
+            votes.append(top if count > 1 else x["seeds"][0])  # no majority: seed 0's
+        stage["seed_vote"] = sum(v == g for v, g in zip(votes, gold, strict=True))
+        stage["seed_any"] = sum(g in x["seeds"] for x, g in zip(extra, gold, strict=True))
     return {
         "rows": [
             {"input": e.input, "gold": g, "student": a.strip().lower(), "floor": bool(f), **x}
@@ -292,7 +371,22 @@ def main() -> None:
         action="store_true",
         help="after SFT, a GRPO stage with the verifier as reward (kolm.align.grpo)",
     )
+    stages.add_argument(
+        "--soup",
+        type=int,
+        metavar="N",
+        help="train N students (seeds seed..seed+N-1) and score the mean of their LoRA "
+        "updates; each seed's answers are kept too",
+    )
+    ap.add_argument(
+        "--same-init",
+        action="store_true",
+        help="with --soup: every student starts from the same LoRA initialisation; the seed "
+        "changes only the order of the batches",
+    )
     args = ap.parse_args()
+    if args.same_init and not args.soup:
+        ap.error("--same-init needs --soup N")
     if args.compare:
         print(json.dumps(compare(*args.compare, only=args.only)))
         return
@@ -334,7 +428,7 @@ def main() -> None:
         held = [examples[i] for i in held_idx]
         res = run_fold(
             spec, base, fmt, instruction, train, held, args.label_scores, args.hard_negatives, work,
-            args.grpo,
+            args.grpo, args.soup or 0, args.same_init,
         )  # fmt: skip
         row = {"fold": f, **res}
         answers = row.pop("rows")
@@ -356,6 +450,16 @@ def main() -> None:
         "set": args.set,
         "hard_negatives": args.hard_negatives,
         "grpo": args.grpo,
+        "soup": args.soup,
+        "same_init": args.same_init,
+        "seed_accuracy": [
+            round(sum(r["seed_students"][j] for r in rows) / n, 4) for j in range(args.soup)
+        ]
+        if args.soup
+        else None,
+        "seed_vote_accuracy": round(sum(r["seed_vote"] for r in rows) / n, 4)
+        if args.soup
+        else None,
         "rows": n,
         "student_accuracy": round(right / n, 4),
         "floor_accuracy": round(sum(r["floor"] for r in rows) / n, 4),
