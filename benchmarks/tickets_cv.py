@@ -10,6 +10,7 @@
     .venv/bin/python benchmarks/tickets_cv.py --base gemma3-270m --grpo
     .venv/bin/python benchmarks/tickets_cv.py --soup 3 --only 0 --rows-out soup-rows.jsonl
     .venv/bin/python benchmarks/tickets_cv.py --soup 3 --same-init --only 0
+    .venv/bin/python benchmarks/tickets_cv.py --neftune 5 --rows-out nef5-rows.jsonl
     .venv/bin/python benchmarks/tickets_cv.py --compare b8-rows.jsonl b4-rows.jsonl
 
 The compile scores the student on one split: 64 held-out rows, where one row is 1.6
@@ -35,7 +36,8 @@ student scores highest on it. `--grpo` adds the compile's GRPO stage after SFT i
 `--soup N` trains N students that differ only in their seed and scores one
 model holding the mean of their LoRA updates; each seed's answers are kept beside it,
 with their majority vote (`--same-init`: the seed changes the order of the batches,
-not the LoRA initialisation).
+not the LoRA initialisation). `--neftune ALPHA` adds NEFTune noise to the input
+embeddings in training.
 `--compare A B` trains nothing: it reads two `--rows-out` files of the same folds and
 prints each one's accuracy per fold, the rows only one of them gets right and the exact
 McNemar p-value (B against A).
@@ -46,6 +48,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import random
 import statistics
 import tempfile
@@ -165,10 +168,45 @@ def soup(
     return merged, tok, answers, secs, steps
 
 
+def neftune(alpha: float, fmt, instruction: str, train: list):
+    """A patch for `kolm.train.lora_model` that adds NEFTune noise (Jain et al. 2023) to
+    the input embeddings while the model trains: uniform in ±alpha / sqrt(L × width), L
+    the training rows' mean length in tokens (a row's own length, also when the batch
+    is packed into one sequence). Evaluation (`model.eval()`) adds none."""
+    from unittest import mock
+
+    import kolm.train
+    from kolm.train import answer_ids, prompt_ids
+
+    plain = kolm.train.lora_model
+
+    def lora_model(base_gguf, cfg):
+        import torch
+
+        model, tok, device = plain(base_gguf, cfg)
+        prompts = prompt_ids(tok, fmt, instruction, [e.input for e in train])
+        n = sum(
+            len(p) + len(answer_ids(tok, fmt, e.output))
+            for p, e in zip(prompts, train, strict=True)
+        )
+        embed = model.get_input_embeddings()
+        scale = alpha / math.sqrt(n / len(train) * embed.weight.shape[1])
+
+        def noise(module, args, out):
+            if not module.training:
+                return out
+            return out + torch.empty_like(out).uniform_(-scale, scale)
+
+        embed.register_forward_hook(noise)
+        return model, tok, device
+
+    return mock.patch.object(kolm.train, "lora_model", lora_model)
+
+
 def run_fold(
     spec, base, fmt, instruction: str, train: list, held: list, scores: bool = False,
     hard: str | None = None, work: Path | None = None, grpo: bool = False, n_soup: int = 0,
-    same_init: bool = False,
+    same_init: bool = False, nef: float = 0.0,
 ) -> dict:  # fmt: skip
     from kolm.floor import label_floor
     from kolm.train import answer_ids, greedy_outputs, prompt_ids, train_lora
@@ -182,6 +220,9 @@ def run_fold(
         result = argparse.Namespace(
             model=model, tokenizer=tok, seconds=secs, steps=steps, tokens_per_second=0.0
         )
+    elif nef:
+        with neftune(nef, fmt, instruction, train):
+            result = train_lora(base.gguf, fmt, instruction, train, spec.train, None, False)
     else:
         result = train_lora(base.gguf, fmt, instruction, train, spec.train, None, progress=False)
     tok = result.tokenizer
@@ -384,7 +425,16 @@ def main() -> None:
         help="with --soup: every student starts from the same LoRA initialisation; the seed "
         "changes only the order of the batches",
     )
+    ap.add_argument(
+        "--neftune",
+        type=float,
+        default=0.0,
+        metavar="ALPHA",
+        help="NEFTune: noise of this alpha on the input embeddings while training (5 is usual)",
+    )
     args = ap.parse_args()
+    if args.neftune and args.soup:
+        ap.error("--neftune and --soup are not measured together")
     if args.same_init and not args.soup:
         ap.error("--same-init needs --soup N")
     if args.compare:
@@ -428,7 +478,7 @@ def main() -> None:
         held = [examples[i] for i in held_idx]
         res = run_fold(
             spec, base, fmt, instruction, train, held, args.label_scores, args.hard_negatives, work,
-            args.grpo, args.soup or 0, args.same_init,
+            args.grpo, args.soup or 0, args.same_init, args.neftune,
         )  # fmt: skip
         row = {"fold": f, **res}
         answers = row.pop("rows")
@@ -452,6 +502,7 @@ def main() -> None:
         "grpo": args.grpo,
         "soup": args.soup,
         "same_init": args.same_init,
+        "neftune": args.neftune,
         "seed_accuracy": [
             round(sum(r["seed_students"][j] for r in rows) / n, 4) for j in range(args.soup)
         ]
