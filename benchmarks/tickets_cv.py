@@ -222,7 +222,9 @@ def run_fold(
         )
     elif nef:
         with neftune(nef, fmt, instruction, train):
-            result = train_lora(base.gguf, fmt, instruction, train, spec.train, None, False)
+            result = train_lora(
+                base.gguf, fmt, instruction, train, spec.train, None, progress=False
+            )
     else:
         result = train_lora(base.gguf, fmt, instruction, train, spec.train, None, progress=False)
     tok = result.tokenizer
@@ -425,7 +427,7 @@ def main() -> None:
         help="with --soup: every student starts from the same LoRA initialisation; the seed "
         "changes only the order of the batches",
     )
-    ap.add_argument(
+    stages.add_argument(
         "--neftune",
         type=float,
         default=0.0,
@@ -433,8 +435,6 @@ def main() -> None:
         help="NEFTune: noise of this alpha on the input embeddings while training (5 is usual)",
     )
     args = ap.parse_args()
-    if args.neftune and args.soup:
-        ap.error("--neftune and --soup are not measured together")
     if args.same_init and not args.soup:
         ap.error("--same-init needs --soup N")
     if args.compare:
