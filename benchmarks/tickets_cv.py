@@ -118,6 +118,15 @@ def hard_negatives(model, tok, fmt, instruction: str, train: list, labels: list[
     return out
 
 
+def held_prompts(tok, fmt, instruction: str, train: list, held: list) -> tuple[list, int]:
+    """(the held-out rows' prompts as token ids, the answer length greedy decoding allows:
+    the longest training answer + 8 tokens)."""
+    from kolm.train import answer_ids, prompt_ids
+
+    max_new = max(len(answer_ids(tok, fmt, e.output)) for e in train) + 8
+    return prompt_ids(tok, fmt, instruction, [e.input for e in held]), max_new
+
+
 def soup(
     base, fmt, instruction: str, train: list, held: list, cfg, n: int, same_init: bool = False
 ) -> tuple:
@@ -132,7 +141,7 @@ def soup(
     import torch
 
     import kolm.train
-    from kolm.train import answer_ids, greedy_outputs, prompt_ids, train_lora
+    from kolm.train import greedy_outputs, train_lora
 
     batches = kolm.train._bucketed_batches
     mean: dict[str, torch.Tensor] = {}
@@ -147,9 +156,9 @@ def soup(
             res = train_lora(base.gguf, fmt, instruction, train, c, None, progress=False)
         tok, model = res.tokenizer, res.model
         secs, steps = secs + res.seconds, steps + res.steps
-        max_new = max(len(answer_ids(tok, fmt, e.output)) for e in train) + 8
-        prompts = prompt_ids(tok, fmt, instruction, [e.input for e in held])
-        answers.append(greedy_outputs(model, tok, prompts, max_new))
+        answers.append(
+            greedy_outputs(model, tok, *held_prompts(tok, fmt, instruction, train, held))
+        )
         with torch.no_grad():
             own = {  # PEFT's module name -> this student's update to its weight
                 name: mod.get_delta_weight("default")
@@ -209,7 +218,7 @@ def run_fold(
     same_init: bool = False, nef: float = 0.0,
 ) -> dict:  # fmt: skip
     from kolm.floor import label_floor
-    from kolm.train import answer_ids, greedy_outputs, prompt_ids, train_lora
+    from kolm.train import greedy_outputs, train_lora
 
     t = time.perf_counter()
     seeds: list = []
@@ -228,7 +237,7 @@ def run_fold(
     else:
         result = train_lora(base.gguf, fmt, instruction, train, spec.train, None, progress=False)
     tok = result.tokenizer
-    max_new = max(len(answer_ids(tok, fmt, e.output)) for e in train) + 8
+    prompts, max_new = held_prompts(tok, fmt, instruction, train, held)
     stage: dict = {}
     if grpo:
         from kolm.align import grpo as run_grpo
@@ -263,7 +272,6 @@ def run_fold(
             "stage_s": round(time.perf_counter() - ts, 1),
             "stage_final_loss": res.final_loss,
         }
-    prompts = prompt_ids(tok, fmt, instruction, [e.input for e in held])
     answers = greedy_outputs(result.model, tok, prompts, max_new)
     pairs = lambda rows: [(e.input, e.output) for e in rows]  # noqa: E731
     floor = label_floor(pairs(train), pairs(held), sorted({e.output for e in train}))
